@@ -1,0 +1,551 @@
+"""PyTorch MOD-GPT: a GPT-style decoder that chats in text and Internet memes (Fei et al., 2021)."""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_mod_gpt import MODGPTConfig
+except ImportError:
+    from configuration_mod_gpt import MODGPTConfig
+
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MODGPTOutput(ModelOutput):
+    """
+    Output of [`MODGPTForMemeDialogue`]. Head outputs are flat over the batch, in reading order (row by row, left to
+    right) of the `[TAG]` (usage, meme) or `[IMG]` (emotion) tokens of `input_ids`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the loss parts that had labels.
+        lm_loss, usage_loss, meme_loss, emotion_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Text cross-entropy, usage cross-entropy, meme feature regression (mean squared error) and emotion
+            cross-entropy. Each is `None` when its labels were not given.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+            Next-token logits. Not computed when `labels` are given: the training loss then runs the LM head on the
+            labelled positions only.
+        usage_logits (`torch.FloatTensor` of shape `(num_tags, 2)`):
+            Whether the turn closed by each `[TAG]` attaches a meme.
+        meme_predictions (`torch.FloatTensor` of shape `(num_tags, meme_feature_size)`):
+            Predicted visual feature of the meme each `[TAG]` would attach, ranked against candidates for retrieval.
+        emotion_logits (`torch.FloatTensor` of shape `(num_images, num_emotions)`):
+            Emotion of the meme at each `[IMG]`.
+        cache (`Cache`, *optional*):
+            Key/value cache of the decoder, for `generate`.
+        hidden_states (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Last hidden states of the decoder.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    usage_loss: torch.FloatTensor | None = None
+    meme_loss: torch.FloatTensor | None = None
+    emotion_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    usage_logits: torch.FloatTensor | None = None
+    meme_predictions: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: torch.FloatTensor | None = None
+
+    @property
+    def past_key_values(self) -> Cache | None:
+        """The decoder's key/value cache under its older name."""
+        return self.cache
+
+
+@dataclass
+class MemeRetrieval:
+    """Candidate memes ranked for one `[TAG]`, nearest first, with their distances to the predicted feature."""
+
+    meme_ids: list[str]
+    distances: list[float]
+
+
+def default_generation_config(config: MODGPTConfig, use_cache: bool = True) -> GenerationConfig:
+    """The paper's decoding: nucleus sampling with top_p 0.9 and temperature 0.7, stopping at `[EOS]`.
+
+    The other dialogue special tokens are suppressed: a reply is text, and its meme comes from the heads.
+    """
+    never_generated = [token_id for name, token_id in config.special_token_ids.items() if name != "eos_token_id"]
+    return GenerationConfig(
+        do_sample=True,
+        top_p=0.9,
+        temperature=0.7,
+        max_new_tokens=32,
+        use_cache=use_cache,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        suppress_tokens=never_generated,
+    )
+
+
+def last_per_row(mask: torch.BoolTensor) -> torch.LongTensor:
+    """Index, among all `True` entries of `mask` in reading order, of the last one in each row."""
+    return mask.sum(dim=1).cumsum(0) - 1
+
+
+class MODGPTHead(nn.Module):
+    """One-hidden-layer MLP on a decoder hidden state: Linear, ReLU, dropout, Linear."""
+
+    def __init__(self, config: MODGPTConfig, output_size: int):
+        super().__init__()
+        self.dense = nn.Linear(config.text_config.hidden_size, config.head_hidden_size)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.out_proj = nn.Linear(config.head_hidden_size, output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(F.relu(self.dense(hidden_states))))
+
+
+class MODGPTPreTrainedModel(PreTrainedModel):
+    config: MODGPTConfig
+    config_class = MODGPTConfig
+    base_model_prefix = "mod_gpt"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own linear and embedding layers: the decoder initialises itself, and the timm meme encoder keeps
+        # timm's initialisation (or its loaded weights).
+        std = self.config.text_config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
+    """
+    MOD-GPT: a decoder (built from `config.text_config`) with a tied LM head, a meme encoder and projector that
+    splice memes into the input at `[IMG]` tokens, segment embeddings (speaker1, speaker2, meme), and three heads
+    on the hidden states: meme usage and meme feature regression at `[TAG]`, emotion at `[IMG]`.
+    """
+
+    def __init__(self, config: MODGPTConfig):
+        super().__init__(config)
+        hidden_size = config.text_config.hidden_size
+        self.transformer = AutoModel.from_config(config.text_config)
+        self.segment_embeddings = nn.Embedding(3, hidden_size)
+        self.meme_encoder = timm.create_model(config.meme_encoder_name, pretrained=False, num_classes=0)
+        if self.meme_encoder.num_features != config.meme_feature_size:
+            raise ValueError(
+                f"MODGPTConfig.meme_feature_size={config.meme_feature_size} does not match the "
+                f"{self.meme_encoder.num_features}-d output of meme encoder {config.meme_encoder_name!r}."
+            )
+        self.meme_encoder.requires_grad_(not config.freeze_meme_encoder)
+        self.meme_projector = nn.Linear(config.meme_feature_size, hidden_size)
+        self.usage_head = MODGPTHead(config, 2)
+        self.meme_head = MODGPTHead(config, config.meme_feature_size)
+        self.emotion_head = MODGPTHead(config, config.num_emotions)
+        self.register_buffer("meme_bank_features", torch.zeros(len(config.meme_bank_ids), config.meme_feature_size))
+        self.decoder_has_cache = "cache" in inspect.signature(self.transformer.forward).parameters
+        self.post_init()
+        self.generation_config = default_generation_config(config, use_cache=self.decoder_has_cache)
+        # `save_pretrained` records the class under one Auto class (AutoModelForCausalLM, below); add AutoModel.
+        self.config.auto_map = {
+            "AutoModel": f"{__name__.split('.')[-1]}.{type(self).__name__}",
+            **(getattr(config, "auto_map", None) or {}),
+        }
+        if config.meme_encoder_checkpoint:
+            timm.models.load_checkpoint(self.meme_encoder, config.meme_encoder_checkpoint, strict=False)
+
+    @classmethod
+    def from_text_backbone(
+        cls, pretrained_model_name_or_path: str, vocab_size: int | None = None, **config_kwargs: Any
+    ) -> "MODGPTForMemeDialogue":
+        """
+        Build MOD-GPT around pretrained decoder weights: a GPT-2 or CDial-GPT (OpenAI-GPT) checkpoint from a local
+        folder or the hub. Embeddings are resized to `vocab_size` (the processor's, which adds the dialogue
+        special tokens); the new rows are initialised to the mean of the old ones.
+        """
+        text_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        if vocab_size is not None:
+            text_config.vocab_size = vocab_size
+        config = MODGPTConfig(text_config=text_config, **config_kwargs)
+        model = cls(config)
+        decoder = AutoModel.from_pretrained(pretrained_model_name_or_path)
+        decoder.resize_token_embeddings(text_config.vocab_size, mean_resizing=True)
+        model.transformer.load_state_dict(decoder.state_dict())
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.transformer.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.transformer.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> None:
+        # The LM head is the transpose of the input embeddings (see `lm_logits`); there is no separate module to tie.
+        return None
+
+    def lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden_states, self.get_input_embeddings().weight)
+
+    def get_meme_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode meme images `(num_memes, 3, height, width)` into `(num_memes, meme_feature_size)` features."""
+        if self.config.freeze_meme_encoder:
+            self.meme_encoder.eval()
+            with torch.no_grad():
+                return self.meme_encoder(pixel_values.to(self.dtype))
+        return self.meme_encoder(pixel_values.to(self.dtype))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, meme_features: torch.Tensor) -> torch.BoolTensor:
+        """Mask of the `[IMG]` positions, after checking that there is exactly one meme feature for each."""
+        image_mask = input_ids == self.config.image_token_id
+        num_images = int(image_mask.sum())
+        if num_images != meme_features.shape[0]:
+            raise ValueError(
+                f"input_ids hold {num_images} [IMG] tokens but {meme_features.shape[0]} memes were given "
+                "(meme_features or pixel_values): there must be one meme per [IMG], in reading order."
+            )
+        return image_mask
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        token_type_ids: torch.LongTensor | None = None,
+        meme_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the projected memes spliced in at `[IMG]`, plus segment embeddings."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if meme_features is None:
+            if (input_ids == self.config.image_token_id).any():
+                raise ValueError(
+                    "input_ids hold [IMG] tokens but no memes were given (meme_features or pixel_values)."
+                )
+        else:
+            image_mask = self.get_placeholder_mask(input_ids, meme_features)
+            meme_embeds = self.meme_projector(meme_features.to(inputs_embeds.dtype))
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), meme_embeds)
+        if token_type_ids is not None:
+            inputs_embeds = inputs_embeds + self.segment_embeddings(token_type_ids)
+        return inputs_embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        meme_features: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        usage_labels: torch.LongTensor | None = None,
+        emotion_labels: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> MODGPTOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Dialogue tokens laid out per turn as `[speakerK] [BOS] text [EOS] [TAG] ([IMG])`.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for real tokens, 0 for padding (left or right). Position ids are derived from it.
+            token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Segment of each token: 0 speaker1, 1 speaker2, 2 meme.
+            meme_features (`torch.Tensor` of shape `(num_images, meme_feature_size)`, *optional*):
+                Features of the memes at the `[IMG]` tokens, in reading order.
+            pixel_values (`torch.Tensor` of shape `(num_images, 3, height, width)`, *optional*):
+                Meme images, encoded by the meme encoder, instead of `meme_features`.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Text labels aligned with `input_ids` (the model shifts them); `-100` is ignored.
+            usage_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                At `[TAG]` positions, 1 if the turn attaches a meme and 0 if not; `-100` elsewhere. A `[TAG]` labelled
+                1 also trains the meme head to regress the features of the meme at the following `[IMG]`.
+            emotion_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                At `[IMG]` positions, the meme's emotion id; `-100` elsewhere.
+        """
+        if pixel_values is not None:
+            if meme_features is not None:
+                raise ValueError("Pass either meme_features or pixel_values, not both.")
+            meme_features = self.get_meme_features(pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, token_type_ids, meme_features)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        decoder_kwargs = {"cache": cache, "use_cache": use_cache} if self.decoder_has_cache else {}
+        decoder_outputs = self.transformer(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **decoder_kwargs,
+            **kwargs,
+        )
+        hidden_states = decoder_outputs.last_hidden_state
+
+        tag_mask = input_ids == self.config.tag_token_id
+        image_mask = input_ids == self.config.image_token_id
+        tag_states = hidden_states[tag_mask]
+        usage_logits = self.usage_head(tag_states)
+        meme_predictions = self.meme_head(tag_states)
+        emotion_logits = self.emotion_head(hidden_states[image_mask])
+
+        logits = lm_loss = usage_loss = meme_loss = emotion_loss = None
+        if labels is None:
+            logits = self.lm_logits(hidden_states)
+        else:
+            lm_loss = self.text_loss(hidden_states, labels)
+        if usage_labels is not None:
+            tag_usage = usage_labels[tag_mask]
+            usage_loss = self.classification_loss(usage_logits, tag_usage)
+            meme_loss = self.meme_regression_loss(meme_predictions, tag_usage, input_ids, tag_mask, meme_features)
+        if emotion_labels is not None:
+            emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask])
+
+        weighted_parts = [
+            (self.config.text_loss_weight, lm_loss),
+            (self.config.usage_loss_weight, usage_loss),
+            (self.config.meme_loss_weight, meme_loss),
+            (self.config.emotion_loss_weight, emotion_loss),
+        ]
+        present = [weight * part for weight, part in weighted_parts if part is not None]
+        loss = torch.stack(present).sum() if present else None
+
+        return MODGPTOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            usage_loss=usage_loss,
+            meme_loss=meme_loss,
+            emotion_loss=emotion_loss,
+            logits=logits,
+            usage_logits=usage_logits,
+            meme_predictions=meme_predictions,
+            emotion_logits=emotion_logits,
+            cache=decoder_outputs.get("cache"),
+            hidden_states=hidden_states,
+        )
+
+    def text_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """Next-token cross-entropy, running the LM head only on the positions that have a label."""
+        shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        predicting = shifted_labels != IGNORE_INDEX
+        logits = self.lm_logits(hidden_states[predicting])
+        return F.cross_entropy(logits.float(), shifted_labels[predicting])
+
+    @staticmethod
+    def classification_loss(logits: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
+        """Mean cross-entropy over the targets that are not ignored; a zero that keeps the graph when all are."""
+        if not (targets != IGNORE_INDEX).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+
+    def meme_regression_loss(
+        self,
+        meme_predictions: torch.Tensor,
+        tag_usage: torch.LongTensor,
+        input_ids: torch.LongTensor,
+        tag_mask: torch.BoolTensor,
+        meme_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mean squared error between the predicted and the actual features of each attached meme.
+
+        The meme that a `[TAG]` labelled 1 attaches is the one at the next position, an `[IMG]`.
+        """
+        uses_meme = tag_usage == 1
+        if not uses_meme.any():
+            return meme_predictions.sum() * 0.0
+        image_mask = input_ids == self.config.image_token_id
+        image_order = image_mask.flatten().cumsum(0).view_as(input_ids) - 1  # row of meme_features at each [IMG]
+        next_is_image = F.pad(image_mask[:, 1:], (0, 1), value=False)[tag_mask][uses_meme]
+        if not bool(next_is_image.all()):
+            raise ValueError("usage_labels mark a [TAG] as using a meme, but no [IMG] follows it in input_ids.")
+        next_image_order = F.pad(image_order[:, 1:], (0, 1), value=0)[tag_mask][uses_meme]
+        targets = meme_features[next_image_order].detach()
+        return F.mse_loss(meme_predictions[uses_meme].float(), targets.float())
+
+    def prepare_inputs_for_generation(
+        self, *args: Any, meme_features: torch.Tensor | None = None, is_first_iteration: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # History memes enter with the prompt; once they are in the cache, later steps feed only new text tokens.
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["meme_features"] = meme_features
+        return model_inputs
+
+    # Meme bank ---------------------------------------------------------------------------------------------------
+
+    @property
+    def meme_bank_ids(self) -> list[str]:
+        return list(self.config.meme_bank_ids)
+
+    def add_memes(
+        self, meme_ids: list[str], meme_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
+    ) -> None:
+        """Add memes to the bank (or replace the features of ids already there), from features or from images."""
+        if (meme_features is None) == (pixel_values is None):
+            raise ValueError("add_memes needs exactly one of meme_features or pixel_values.")
+        if meme_features is None:
+            meme_features = self.get_meme_features(pixel_values.to(self.device))
+        if len(meme_ids) != meme_features.shape[0] or len(set(meme_ids)) != len(meme_ids):
+            raise ValueError(
+                f"add_memes got {len(meme_ids)} ids (distinct ones required) for {len(meme_features)} memes."
+            )
+        meme_features = meme_features.detach().to(self.meme_bank_features)
+        bank_ids = self.meme_bank_ids
+        position = {meme_id: index for index, meme_id in enumerate(bank_ids)}
+        known = [meme_id in position for meme_id in meme_ids]
+        bank = self.meme_bank_features.clone()
+        if any(known):
+            rows = torch.tensor([position[meme_id] for meme_id in meme_ids if meme_id in position])
+            bank[rows] = meme_features[torch.tensor(known)]
+        new = [not flag for flag in known]
+        self.meme_bank_features = torch.cat([bank, meme_features[torch.tensor(new, dtype=torch.bool)]])
+        self.config.meme_bank_ids = bank_ids + [meme_id for meme_id, is_new in zip(meme_ids, new) if is_new]
+
+    def lookup_memes(self, meme_ids: list[str]) -> torch.Tensor:
+        """Features of the given bank memes, `(len(meme_ids), meme_feature_size)`."""
+        position = {meme_id: index for index, meme_id in enumerate(self.config.meme_bank_ids)}
+        unknown = [meme_id for meme_id in meme_ids if meme_id not in position]
+        if unknown:
+            raise ValueError(f"Unknown meme id(s) {unknown}: not in the model's meme bank of {len(position)} memes.")
+        return self.meme_bank_features[torch.tensor([position[m] for m in meme_ids], dtype=torch.long)]
+
+    def meme_distances(self, meme_predictions: torch.Tensor, candidate_features: torch.Tensor) -> torch.Tensor:
+        """Distances `(..., num_candidates)` from each prediction to candidates `([...,] num_candidates, features)`."""
+        predictions = meme_predictions.float().unsqueeze(-2)
+        candidates = candidate_features.float()
+        if self.config.retrieval_distance == "cosine":
+            return 1.0 - F.cosine_similarity(predictions, candidates, dim=-1)
+        return torch.linalg.vector_norm(predictions - candidates, dim=-1)
+
+    def retrieve_memes(
+        self, meme_predictions: torch.Tensor, candidates: list[list[str]] | None = None, top_k: int | None = None
+    ) -> list[MemeRetrieval]:
+        """
+        Rank memes for each predicted feature `(num_tags, meme_feature_size)` by the configured distance: the given
+        candidate ids for each prediction (e.g. the official 10-candidate sets), or the whole meme bank.
+        """
+        if candidates is None:
+            distances = self.meme_distances(meme_predictions, self.meme_bank_features)
+            candidates = [self.meme_bank_ids] * len(meme_predictions)
+        else:
+            if len(candidates) != len(meme_predictions):
+                raise ValueError(f"Got {len(candidates)} candidate lists for {len(meme_predictions)} predictions.")
+            if len({len(ids) for ids in candidates}) > 1:
+                raise ValueError("All candidate lists must have the same length.")
+            features = self.lookup_memes([meme_id for ids in candidates for meme_id in ids])
+            features = features.view(len(candidates), len(candidates[0]), -1)
+            distances = self.meme_distances(meme_predictions, features)
+        ranked_distances, order = distances.sort(dim=-1)
+        if top_k is not None:
+            ranked_distances, order = ranked_distances[:, :top_k], order[:, :top_k]
+        return [
+            MemeRetrieval([ids[i] for i in row.tolist()], dist.tolist())
+            for ids, row, dist in zip(candidates, order, ranked_distances)
+        ]
+
+    # Replies -----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def respond(
+        self,
+        dialogues: list[dict] | list[list[dict]],
+        processor: Any,
+        candidates: list[str] | list[list[str]] | None = None,
+        top_k: int = 5,
+        **generate_kwargs: Any,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """
+        Answer one dialogue (a list of turns) or a batch of them: generate the reply text with `generate`, decide
+        with the usage head whether to attach a meme, pick it by retrieval over the meme bank (or the given
+        candidate ids) and predict its emotion. Returns, per dialogue, `{"speaker", "text", "meme", "emotion",
+        "meme_scores"}` where `meme_scores` lists the `top_k` nearest memes with their distances.
+        """
+        single = bool(dialogues) and isinstance(dialogues[0], dict)
+        batch = [dialogues] if single else list(dialogues)
+        if candidates is not None and single:
+            candidates = [candidates]
+        for index, dialogue in enumerate(batch):
+            processor.check_memes(dialogue, self.config.meme_bank_ids, dialogue_index=index)
+
+        prompt = processor(batch, add_generation_prompt=True, padding_side="left", return_tensors="pt")
+        prompt_memes = self.lookup_memes(prompt.pop("meme_ids")) if prompt["meme_ids"] else None
+        prompt = prompt.to(self.device)
+        generated = self.generate(
+            input_ids=prompt["input_ids"],
+            attention_mask=prompt["attention_mask"],
+            token_type_ids=prompt["token_type_ids"],
+            meme_features=prompt_memes,
+            **generate_kwargs,
+        )
+        reply_ids = generated[:, prompt["input_ids"].shape[1] :]
+        texts = processor.decode_replies(reply_ids)
+        speakers = [processor.next_speaker(dialogue) for dialogue in batch]
+
+        # Close each reply with [EOS] [TAG] and read the usage and meme heads there.
+        replies = [dict(turn, text=text) for turn, text in zip(({"speaker": s} for s in speakers), texts)]
+        closed = processor([d + [r] for d, r in zip(batch, replies)], padding_side="left", return_tensors="pt")
+        closed_memes = self.lookup_memes(closed.pop("meme_ids")) if closed["meme_ids"] else None
+        closed = closed.to(self.device)
+        outputs = self(
+            input_ids=closed["input_ids"],
+            attention_mask=closed["attention_mask"],
+            token_type_ids=closed["token_type_ids"],
+            meme_features=closed_memes,
+        )
+        last_tag = last_per_row(closed["input_ids"] == self.config.tag_token_id)
+        uses_meme = outputs.usage_logits[last_tag].argmax(-1).bool().tolist()
+        predictions = outputs.meme_predictions[last_tag]
+        rankings = self.retrieve_memes(predictions, candidates, top_k=None if candidates else top_k)
+
+        chosen = [ranking.meme_ids[0] if use else None for ranking, use in zip(rankings, uses_meme)]
+        emotions = self.predict_emotions(batch, replies, chosen, processor)
+        results = [
+            {
+                "speaker": speaker,
+                "text": text,
+                "meme": meme,
+                "emotion": emotion,
+                "meme_scores": list(zip(ranking.meme_ids[:top_k], ranking.distances[:top_k])),
+            }
+            for speaker, text, meme, emotion, ranking in zip(speakers, texts, chosen, emotions, rankings)
+        ]
+        return results[0] if single else results
+
+    def predict_emotions(
+        self, batch: list[list[dict]], replies: list[dict], chosen: list[str | None], processor: Any
+    ) -> list[int | str | None]:
+        """Emotion of each chosen meme, read at its `[IMG]` after the reply; `None` where no meme was chosen."""
+        with_meme = [index for index, meme in enumerate(chosen) if meme is not None]
+        emotions: list[int | str | None] = [None] * len(batch)
+        if not with_meme:
+            return emotions
+        dialogues = [batch[i] + [dict(replies[i], meme=chosen[i])] for i in with_meme]
+        inputs = processor(dialogues, padding_side="left", return_tensors="pt")
+        meme_features = self.lookup_memes(inputs.pop("meme_ids"))
+        inputs = inputs.to(self.device)
+        outputs = self(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            token_type_ids=inputs["token_type_ids"],
+            meme_features=meme_features,
+        )
+        last_image = last_per_row(inputs["input_ids"] == self.config.image_token_id)
+        for index, emotion_id in zip(with_meme, outputs.emotion_logits[last_image].argmax(-1).tolist()):
+            names = self.config.emotion_names
+            emotions[index] = names[emotion_id] if names else emotion_id
+        return emotions
+
+
+MODGPTForMemeDialogue.register_for_auto_class("AutoModel")
+MODGPTForMemeDialogue.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["MODGPTForMemeDialogue", "MODGPTPreTrainedModel", "MODGPTOutput", "MemeRetrieval"]

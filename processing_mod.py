@@ -1,0 +1,390 @@
+"""Processor for MOD-GPT: tokenizer, meme image processor, and the one-sequence-per-dialogue encoding."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import timm
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import BatchFeature, BertTokenizer, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
+
+try:
+    from .configuration_mod_gpt import SEGMENTS, SPECIAL_TOKENS
+except ImportError:
+    from configuration_mod_gpt import SEGMENTS, SPECIAL_TOKENS
+
+
+IGNORE_INDEX = -100
+SPEAKERS = ("speaker1", "speaker2")
+DIALOGUE_SPECIAL_TOKENS = {
+    "bos_token": "[BOS]",
+    "eos_token": "[EOS]",
+    "pad_token": "[PAD]",
+    "extra_special_tokens": ["[speaker1]", "[speaker2]", "[IMG]", "[TAG]"],
+}
+LABEL_TURNS = ("all", "last", "none")
+
+
+class MemeImageProcessor(BaseImageProcessor):
+    """
+    Turns meme images into the `pixel_values` of a timm encoder, with timm's own evaluation transform (resize,
+    centre crop, normalise) built from a timm data config. Build one for an encoder with `from_timm_model`.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        input_size: Sequence[int] = (3, 224, 224),
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        crop_pct: float = 0.875,
+        crop_mode: str = "center",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.input_size = list(input_size)
+        self.interpolation = interpolation
+        self.mean = list(mean)
+        self.std = list(std)
+        self.crop_pct = crop_pct
+        self.crop_mode = crop_mode
+
+    @classmethod
+    def from_timm_model(cls, model_name: str) -> "MemeImageProcessor":
+        """The data config timm declares for `model_name` (read offline from timm's registry)."""
+        data_config = timm.data.resolve_data_config(
+            pretrained_cfg=timm.models.get_pretrained_cfg(model_name).to_dict()
+        )
+        return cls(**data_config)
+
+    @property
+    def transform(self):
+        return timm.data.create_transform(
+            input_size=tuple(self.input_size),
+            interpolation=self.interpolation,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+            is_training=False,
+        )
+
+    def preprocess(
+        self, images: Image.Image | Sequence[Image.Image], return_tensors: str = "pt", **kwargs
+    ) -> BatchFeature:
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        transform = self.transform
+        pixel_values = torch.stack([transform(image.convert("RGB")) for image in images])
+        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+class MODProcessor(ProcessorMixin):
+    r"""
+    Encodes dialogues for [`MODGPTForMemeDialogue`], one sequence per dialogue. A dialogue is a list of turns
+    `{"speaker": "speaker1" | "speaker2", "text": str | None, "meme": str | None, "emotion": int | str | None}`;
+    each turn becomes `[speakerK] [BOS] text [EOS] [TAG]`, followed by `[IMG]` when it holds a meme.
+
+    Args:
+        image_processor ([`MemeImageProcessor`]): turns meme images into the encoder's `pixel_values`.
+        tokenizer ([`BertTokenizer`]): character-level for Chinese, WordPiece for other text, holding the special
+            tokens `[BOS] [EOS] [PAD] [speaker1] [speaker2] [IMG] [TAG]`.
+        max_length (`int`, *optional*, defaults to 500): longest encoding; older turns are dropped whole to fit.
+        emotion_names (`list[str]`, *optional*): emotion names by id, so turns may give `emotion` as a name.
+    """
+
+    def __init__(
+        self,
+        image_processor: MemeImageProcessor | None = None,
+        tokenizer: BertTokenizer | None = None,
+        max_length: int = 500,
+        emotion_names: list[str] | None = None,
+        **kwargs: Any,
+    ):
+        self.max_length = max_length
+        self.emotion_names = list(emotion_names) if emotion_names is not None else None
+        super().__init__(image_processor, tokenizer, **kwargs)
+        missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"The tokenizer lacks the dialogue special tokens {missing}: build it with MODProcessor.")
+        self.token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+
+    # Building the tokenizer ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_corpus(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 13088,
+        min_frequency: int = 1,
+        meme_encoder_name: str = "efficientnet_b0",
+        **kwargs: Any,
+    ) -> "MODProcessor":
+        """
+        Build the vocabulary from `texts` offline with the `tokenizers` library: BERT normalisation and
+        pre-tokenisation, so every Chinese character is its own token (as in CDial-GPT) and other text is split
+        into WordPiece units.
+        """
+        normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        )
+        corpus = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        corpus.normalizer = normalizer
+        corpus.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        corpus.train_from_iterator(texts, trainer=trainer)
+        tokenizer = BertTokenizer(vocab=corpus.get_vocab())
+        return cls.from_tokenizer(tokenizer, meme_encoder_name=meme_encoder_name, **kwargs)
+
+    @classmethod
+    def from_vocab(
+        cls, pretrained_name_or_path: str, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
+    ) -> "MODProcessor":
+        """Use an existing BERT-style vocabulary (a folder or hub repo with `vocab.txt`, e.g. CDial-GPT's)."""
+        # BertTokenizer rather than AutoTokenizer: CDial-GPT's folders carry an OpenAI-GPT config.json.
+        tokenizer = BertTokenizer.from_pretrained(pretrained_name_or_path)
+        return cls.from_tokenizer(tokenizer, meme_encoder_name=meme_encoder_name, **kwargs)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: BertTokenizer, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any):
+        """Add the dialogue special tokens (appended after the vocabulary) and pair it with the meme encoder's images."""
+        tokenizer.add_special_tokens(DIALOGUE_SPECIAL_TOKENS)
+        return cls(MemeImageProcessor.from_timm_model(meme_encoder_name), tokenizer, **kwargs)
+
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        """The special token ids under the names `MODGPTConfig` takes."""
+        names = ("bos", "eos", "pad", "speaker1", "speaker2", "image", "tag")
+        return {f"{name}_token_id": self.token_ids[token] for name, token in zip(names, SPECIAL_TOKENS)}
+
+    # Checking turns -----------------------------------------------------------------------------------------------
+
+    def check_memes(self, dialogue: list[Mapping], known_memes: Iterable[str], dialogue_index: int = 0) -> None:
+        """Raise a `ValueError` naming the turn whose meme is not among `known_memes`."""
+        known = set(known_memes)
+        for turn_index, turn in enumerate(dialogue):
+            meme = turn.get("meme")
+            if meme is not None and meme not in known:
+                raise ValueError(
+                    f"dialogue {dialogue_index}, turn {turn_index}: 'meme' {meme!r} is unknown (not in the meme bank)."
+                )
+
+    def speaker_of(self, turn: Mapping, where: str) -> str:
+        speaker = turn.get("speaker")
+        speaker = speaker.strip("[]") if isinstance(speaker, str) else speaker
+        if speaker not in SPEAKERS:
+            raise ValueError(f"{where}: 'speaker' must be 'speaker1' or 'speaker2', got {turn.get('speaker')!r}.")
+        return speaker
+
+    def emotion_id(self, emotion: int | str | None, where: str) -> int:
+        if emotion is None:
+            return IGNORE_INDEX
+        if isinstance(emotion, str):
+            if self.emotion_names is None or emotion not in self.emotion_names:
+                raise ValueError(f"{where}: 'emotion' {emotion!r} is not a known emotion name.")
+            return self.emotion_names.index(emotion)
+        if emotion < 0 or (self.emotion_names is not None and emotion >= len(self.emotion_names)):
+            raise ValueError(f"{where}: 'emotion' id {emotion} is out of range.")
+        return int(emotion)
+
+    def next_speaker(self, dialogue: list[Mapping]) -> str:
+        """The speaker who answers the dialogue: the one who did not speak last."""
+        last = self.speaker_of(dialogue[-1], "last turn")
+        return SPEAKERS[1 - SPEAKERS.index(last)]
+
+    # Encoding -----------------------------------------------------------------------------------------------------
+
+    def encode_turn(self, turn: Mapping, where: str, labelled: bool) -> dict[str, list]:
+        """The tokens of one turn, with segment ids, text labels, and usage/emotion labels at `[TAG]`/`[IMG]`."""
+        speaker = self.speaker_of(turn, where)
+        text, meme = turn.get("text"), turn.get("meme")
+        if text is None and meme is None:
+            raise ValueError(f"{where}: a turn needs 'text' or 'meme', both are missing.")
+        ids = self.token_ids
+        text_ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        input_ids = [ids[f"[{speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"]]
+        segment = SEGMENTS.index(speaker)
+        token_type_ids = [segment] * len(input_ids)
+        ignore = [IGNORE_INDEX] * len(input_ids)
+        labels = [IGNORE_INDEX, IGNORE_INDEX, *text_ids, ids["[EOS]"], IGNORE_INDEX] if labelled else list(ignore)
+        usage_labels = ignore[:-1] + [int(meme is not None) if labelled else IGNORE_INDEX]
+        emotion_labels = list(ignore)
+        memes = []
+        if meme is not None:
+            input_ids.append(ids["[IMG]"])
+            token_type_ids.append(SEGMENTS.index("meme"))
+            labels.append(IGNORE_INDEX)
+            usage_labels.append(IGNORE_INDEX)
+            emotion_labels.append(self.emotion_id(turn.get("emotion"), where) if labelled else IGNORE_INDEX)
+            memes.append(str(meme))
+        return {
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "labels": labels,
+            "usage_labels": usage_labels,
+            "emotion_labels": emotion_labels,
+            "meme_ids": memes,
+        }
+
+    def encode_dialogue(
+        self,
+        dialogue: Sequence[Mapping],
+        dialogue_index: int = 0,
+        add_generation_prompt: bool = False,
+        label_turns: str = "all",
+        max_length: int | None = None,
+    ) -> dict[str, list]:
+        """
+        Encode one dialogue as a single sequence. `label_turns="all"` labels every turn from the second on (the
+        paper's choice), `"last"` only the last turn (the per-response view: history + answer), `"none"` none.
+        `add_generation_prompt` appends `[speakerK] [BOS]` for the speaker who answers next. Whole old turns are
+        dropped from the left until the encoding fits `max_length`.
+        """
+        if label_turns not in LABEL_TURNS:
+            raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
+        if isinstance(dialogue, Mapping) or isinstance(dialogue, str) or not dialogue:
+            raise ValueError(f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns.")
+        max_length = max_length or self.max_length
+        last = len(dialogue) - 1
+        turns = []
+        for turn_index, turn in enumerate(dialogue):
+            where = f"dialogue {dialogue_index}, turn {turn_index}"
+            if not isinstance(turn, Mapping):
+                raise ValueError(f"{where}: a turn must be a dict, got {type(turn).__name__}.")
+            labelled = label_turns == "all" and turn_index > 0 or label_turns == "last" and turn_index == last
+            turns.append(self.encode_turn(turn, where, labelled))
+        if add_generation_prompt:
+            speaker = self.next_speaker(dialogue)
+            prompt_ids = [self.token_ids[f"[{speaker}]"], self.token_ids["[BOS]"]]
+            segment = SEGMENTS.index(speaker)
+            turns.append(
+                {
+                    "input_ids": prompt_ids,
+                    "token_type_ids": [segment] * 2,
+                    "labels": [IGNORE_INDEX] * 2,
+                    "usage_labels": [IGNORE_INDEX] * 2,
+                    "emotion_labels": [IGNORE_INDEX] * 2,
+                    "meme_ids": [],
+                }
+            )
+        kept = self.truncate_turns(turns, max_length, dialogue_index)
+        return {key: [item for turn in kept for item in turn[key]] for key in turns[0]}
+
+    def truncate_turns(self, turns: list[dict], max_length: int, dialogue_index: int) -> list[dict]:
+        """Drop whole turns from the left until the rest fits `max_length`."""
+        lengths = [len(turn["input_ids"]) for turn in turns]
+        if lengths[-1] > max_length:
+            raise ValueError(
+                f"dialogue {dialogue_index}, turn {len(turns) - 1}: 'text' encodes to {lengths[-1]} tokens with its "
+                f"special tokens, more than max_length={max_length}."
+            )
+        total, start = sum(lengths), 0
+        while total > max_length:
+            total -= lengths[start]
+            start += 1
+        return turns[start:]
+
+    def pad(self, encodings: Sequence[Mapping[str, list]], padding_side: str = "right") -> BatchFeature:
+        """Pad encoded dialogues into a batch of tensors; `meme_ids` stays a flat list in reading order."""
+        longest = max(len(encoding["input_ids"]) for encoding in encodings)
+        pad_values = {
+            "input_ids": self.token_ids["[PAD]"],
+            "attention_mask": 0,
+            "token_type_ids": 0,
+            "labels": IGNORE_INDEX,
+            "usage_labels": IGNORE_INDEX,
+            "emotion_labels": IGNORE_INDEX,
+        }
+        columns: dict[str, list[list[int]]] = {key: [] for key in pad_values}
+        for encoding in encodings:
+            row = dict(encoding, attention_mask=[1] * len(encoding["input_ids"]))
+            padding = longest - len(encoding["input_ids"])
+            for key, value in pad_values.items():
+                filler = [value] * padding
+                columns[key].append(row[key] + filler if padding_side == "right" else filler + row[key])
+        batch = BatchFeature({key: torch.tensor(rows, dtype=torch.long) for key, rows in columns.items()})
+        batch["meme_ids"] = [meme for encoding in encodings for meme in encoding["meme_ids"]]
+        return batch
+
+    def __call__(
+        self,
+        dialogues: Sequence[Mapping] | Sequence[Sequence[Mapping]],
+        add_generation_prompt: bool = False,
+        label_turns: str = "all",
+        padding_side: str = "right",
+        max_length: int | None = None,
+        meme_images: Mapping[str, Image.Image] | None = None,
+        return_tensors: str = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """
+        Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
+        `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
+        order). With `meme_images` (meme id to image) the memes also come as `pixel_values`.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
+        if isinstance(dialogues, (str, Mapping)) or not dialogues:
+            raise ValueError("Expected a dialogue (a non-empty list of turns) or a batch of dialogues.")
+        batch = [dialogues] if isinstance(dialogues[0], Mapping) else dialogues
+        encodings = [
+            self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns, max_length)
+            for index, dialogue in enumerate(batch)
+        ]
+        inputs = self.pad(encodings, padding_side)
+        if meme_images is not None and inputs["meme_ids"]:
+            missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
+            if missing:
+                raise ValueError(f"meme_images lacks the images of memes {missing}.")
+            images = [meme_images[meme] for meme in inputs["meme_ids"]]
+            inputs["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return inputs
+
+    # Decoding -----------------------------------------------------------------------------------------------------
+
+    def decode_replies(self, reply_ids: torch.LongTensor) -> list[str]:
+        """Text of generated replies: the tokens before the first `[EOS]`, joined without spaces between CJK."""
+        eos = self.token_ids["[EOS]"]
+        replies = []
+        for row in reply_ids.tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            replies.append(self.decode_text(row))
+        return replies
+
+    def decode_text(self, token_ids: Sequence[int]) -> str:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return join_cjk(text)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def is_cjk(character: str) -> bool:
+    code = ord(character)
+    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFFEF
+
+
+def join_cjk(text: str) -> str:
+    """Remove the spaces WordPiece decoding puts between Chinese characters, keeping those between other words."""
+    pieces = text.split(" ")
+    joined = pieces[0] if pieces else ""
+    for piece in pieces[1:]:
+        if joined and piece and (is_cjk(joined[-1]) or is_cjk(piece[0])):
+            joined += piece
+        else:
+            joined += " " + piece
+    return joined
+
+
+MemeImageProcessor.register_for_auto_class("AutoImageProcessor")
+MODProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["MODProcessor", "MemeImageProcessor"]
