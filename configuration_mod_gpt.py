@@ -30,6 +30,9 @@ class MODGPTConfig(PreTrainedConfig):
         meme_feature_size (`int`, *optional*, defaults to 1280):
             Size of a meme feature vector: the encoder's pooled output (1280 for EfficientNet-b0), or the size of
             precomputed features such as the organisers' 512-d CLIP vectors.
+        normalize_meme_features (`bool`, *optional*, defaults to `False`):
+            Scale every meme feature to unit L2 norm. The paper uses raw features of an ImageNet-trained encoder; a
+            randomly initialised encoder (offline demos and tests) gives features too small to regress without this.
         freeze_meme_encoder (`bool`, *optional*, defaults to `True`):
             Keep the meme encoder frozen (as in the paper); features are then computed once per meme.
         num_emotions (`int`, *optional*, defaults to 52):
@@ -80,6 +83,7 @@ class MODGPTConfig(PreTrainedConfig):
     meme_encoder_name: str = "efficientnet_b0"
     meme_encoder_checkpoint: str | None = None
     meme_feature_size: int = 1280
+    normalize_meme_features: bool = False
     freeze_meme_encoder: bool = True
     num_emotions: int = 52
     emotion_names: list[str] | None = None

@@ -204,8 +204,11 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if self.config.freeze_meme_encoder:
             self.meme_encoder.eval()
             with torch.no_grad():
-                return self.meme_encoder(pixel_values.to(self.dtype))
-        return self.meme_encoder(pixel_values.to(self.dtype))
+                return self.normalize_meme_features(self.meme_encoder(pixel_values.to(self.dtype)))
+        return self.normalize_meme_features(self.meme_encoder(pixel_values.to(self.dtype)))
+
+    def normalize_meme_features(self, meme_features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(meme_features, dim=-1) if self.config.normalize_meme_features else meme_features
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, meme_features: torch.Tensor) -> torch.BoolTensor:
         """Mask of the `[IMG]` positions, after checking that there is exactly one meme feature for each."""
@@ -227,14 +230,12 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         """Token embeddings with the projected memes spliced in at `[IMG]`, plus segment embeddings."""
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if meme_features is None:
-            if (input_ids == self.config.image_token_id).any():
-                raise ValueError(
-                    "input_ids hold [IMG] tokens but no memes were given (meme_features or pixel_values)."
-                )
-        else:
-            image_mask = self.get_placeholder_mask(input_ids, meme_features)
-            meme_embeds = self.meme_projector(meme_features.to(inputs_embeds.dtype))
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), meme_embeds)
+            # An empty meme batch keeps the projector in the graph, so every parameter gets a gradient each step
+            # (distributed training needs no `find_unused_parameters`).
+            meme_features = inputs_embeds.new_zeros((0, self.config.meme_feature_size))
+        image_mask = self.get_placeholder_mask(input_ids, meme_features)
+        meme_embeds = self.meme_projector(meme_features.to(inputs_embeds.dtype))
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), meme_embeds)
         if token_type_ids is not None:
             inputs_embeds = inputs_embeds + self.segment_embeddings(token_type_ids)
         return inputs_embeds
@@ -306,7 +307,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if usage_labels is not None:
             tag_usage = usage_labels[tag_mask]
             usage_loss = self.classification_loss(usage_logits, tag_usage)
-            meme_loss = self.meme_regression_loss(meme_predictions, tag_usage, input_ids, tag_mask, meme_features)
+            meme_loss = self.meme_regression_loss(meme_predictions, tag_usage, input_ids, meme_features)
         if emotion_labels is not None:
             emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask])
 
@@ -352,24 +353,32 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         meme_predictions: torch.Tensor,
         tag_usage: torch.LongTensor,
         input_ids: torch.LongTensor,
-        tag_mask: torch.BoolTensor,
         meme_features: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Mean squared error between the predicted and the actual features of each attached meme.
-
-        The meme that a `[TAG]` labelled 1 attaches is the one at the next position, an `[IMG]`.
-        """
+        """Mean squared error between the predicted and the actual features of each attached meme."""
         uses_meme = tag_usage == 1
         if not uses_meme.any():
             return meme_predictions.sum() * 0.0
+        targets = self.attached_meme_features(input_ids, meme_features, uses_meme).detach()
+        return F.mse_loss(meme_predictions[uses_meme].float(), targets.float())
+
+    def attached_meme_features(
+        self, input_ids: torch.LongTensor, meme_features: torch.Tensor, uses_meme: torch.BoolTensor
+    ) -> torch.Tensor:
+        """Features of the meme that each `[TAG]` flagged in `uses_meme` attaches: the one at the `[IMG]` after it."""
+        tag_mask = input_ids == self.config.tag_token_id
         image_mask = input_ids == self.config.image_token_id
         image_order = image_mask.flatten().cumsum(0).view_as(input_ids) - 1  # row of meme_features at each [IMG]
         next_is_image = F.pad(image_mask[:, 1:], (0, 1), value=False)[tag_mask][uses_meme]
         if not bool(next_is_image.all()):
             raise ValueError("usage_labels mark a [TAG] as using a meme, but no [IMG] follows it in input_ids.")
         next_image_order = F.pad(image_order[:, 1:], (0, 1), value=0)[tag_mask][uses_meme]
-        targets = meme_features[next_image_order].detach()
-        return F.mse_loss(meme_predictions[uses_meme].float(), targets.float())
+        return meme_features[next_image_order]
+
+    @staticmethod
+    def encoder_feature_size(meme_encoder_name: str) -> int:
+        """Size of the pooled features of a timm encoder, the `meme_feature_size` it needs."""
+        return timm.create_model(meme_encoder_name, pretrained=False, num_classes=0).num_features
 
     def prepare_inputs_for_generation(
         self, *args: Any, meme_features: torch.Tensor | None = None, is_first_iteration: bool = False, **kwargs: Any
@@ -398,7 +407,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"add_memes got {len(meme_ids)} ids (distinct ones required) for {len(meme_features)} memes."
             )
-        meme_features = meme_features.detach().to(self.meme_bank_features)
+        meme_features = self.normalize_meme_features(meme_features.detach().to(self.meme_bank_features))
         bank_ids = self.meme_bank_ids
         position = {meme_id: index for index, meme_id in enumerate(bank_ids)}
         known = [meme_id in position for meme_id in meme_ids]

@@ -366,5 +366,5 @@ def test_image_count_mismatch_is_reported(model, processor):
     memes = model.lookup_memes(inputs.pop("meme_ids"))
     with pytest.raises(ValueError, match=r"input_ids hold 6 \[IMG\] tokens but 5 memes were given"):
         model(**inputs, meme_features=memes[:-1])
-    with pytest.raises(ValueError, match=r"\[IMG\] tokens but no memes"):
+    with pytest.raises(ValueError, match=r"input_ids hold 6 \[IMG\] tokens but 0 memes were given"):
         model(**inputs)
