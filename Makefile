@@ -1,8 +1,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SAMPLE_RAW := mod_dataset/sample
 DEMO_DIR ?= demo_output
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
 
 .PHONY: install test demo lint bench clean
 
@@ -10,14 +11,30 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -c .ci/constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[test]"
 	touch $@
 
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Build the embedded sample, train a tiny model on it (CPU, a few minutes), evaluate it on both test splits,
+# and chat with it.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIN)/python -m mod_dataset build mod_dataset/sample $(DEMO_DIR)/data
+	$(BIN)/python train.py --dataset $(DEMO_DIR)/data --output_dir $(DEMO_DIR)/model --model_config tiny \
+		--normalize_meme_features --learning_rate 1e-3 --warmup_steps 30 --num_train_epochs 12 \
+		--per_device_train_batch_size 16 --eval_steps 100 --logging_steps 20 --seed 0
+	$(BIN)/python evaluate_mod.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data \
+		--output $(DEMO_DIR)/results.json --write-submission $(DEMO_DIR)/submission
+	printf '%s\n' '今天考试考砸了' '太好了，我们去吃火锅吧' '#000' '/quit' | \
+		$(BIN)/python chat.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
+
+bench: install
+	$(BIN)/python -m benchmarks --size base --output BENCHMARKS.json
 
 lint: install
 	$(BIN)/ruff check --fix .

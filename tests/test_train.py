@@ -1,0 +1,208 @@
+"""train.py: a real run on the sample, exact resume, two processes, atomic checkpoints, uploads, bad arguments."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+
+import train
+
+TINY = ["--model_config", "tiny", "--normalize_meme_features", "--learning_rate", "1e-3", "--logging_steps", "2"]
+
+
+def run_train(*args: str, launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(REPO_ROOT / "train.py"), *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=600)
+
+
+def losses(output_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dataset, tmp_path_factory) -> Path:
+    """One short run that checkpoints every 4 steps and keeps 2 checkpoints."""
+    output_dir = tmp_path_factory.mktemp("run") / "model"
+    args = ["--dataset", str(sample_dataset), "--output_dir", str(output_dir), *TINY, "--max_steps", "12"]
+    result = run_train(*args, "--save_steps", "4", "--save_total_limit", "2", "--eval_steps", "6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_run_learns_and_saves_a_complete_model(trained):
+    curve = losses(trained)
+    assert curve[-1] < 0.8 * curve[0]
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evaluations] == [6, 12]
+    assert all(key in evaluations[-1] for key in ("eval_perplexity", "eval_usage_accuracy", "eval_r10@1"))
+    for name in ("config.json", "model.safetensors", "generation_config.json", "processor_config.json", "README.md"):
+        assert (trained / name).exists(), name
+    assert json.loads((trained / "config.json").read_text())["custom_pipelines"]["meme-dialogue"]
+    card = (trained / "README.md").read_text()
+    assert "model-index" in card and "trust_remote_code=True" in card and "eval_loss" not in card
+    assert (trained / "best_model" / "model.safetensors").exists()
+    assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_resume_from_latest_ends_with_the_same_weights(trained, sample_dataset, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    # An interrupted run: its checkpoint at step 8 and a half-written one at step 12 that never completed.
+    (resumed / "checkpoint-8").symlink_to(trained / "checkpoint-8", target_is_directory=True)
+    half_written = resumed / "checkpoint-12"
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"truncated")
+    assert train.resolve_checkpoint("latest", resumed).name == "checkpoint-8"
+    (half_written / "model.safetensors").unlink()
+    half_written.rmdir()
+    args = ["--dataset", str(sample_dataset), "--output_dir", str(resumed), *TINY, "--max_steps", "12"]
+    result = run_train(*args, "--save_steps", "4", "--eval_steps", "6", "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, actual = weights(trained), weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+NO_DROPOUT = {
+    "model_type": "mod_gpt",
+    "head_dropout": 0.0,
+    "text_config": {
+        "model_type": "gpt2",
+        "n_layer": 2,
+        "n_embd": 64,
+        "n_head": 2,
+        "n_positions": 512,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    },
+}
+
+
+def test_two_processes_follow_the_one_process_loss_curve(sample_dataset, tmp_path):
+    config = tmp_path / "no_dropout.json"
+    config.write_text(json.dumps(NO_DROPOUT))
+    common = ["--dataset", str(sample_dataset), "--model_config", str(config), "--normalize_meme_features"]
+    common += ["--learning_rate", "1e-3", "--logging_steps", "2", "--max_steps", "8"]
+    single = run_train(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    double = run_train(
+        *common,
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--per_device_train_batch_size",
+        "4",
+        launcher=torchrun,
+        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    # Same global batches; each process averages its own tokens, so the curves agree closely but not exactly.
+    assert one == pytest.approx(two, rel=0.03)
+    for name, value in weights(tmp_path / "one").items():
+        torch.testing.assert_close(weights(tmp_path / "two")[name], value, rtol=0.05, atol=2e-3, msg=name)
+
+
+def test_failed_save_leaves_no_checkpoint_that_looks_whole(tmp_path):
+    class BrokenAccelerator:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"partial")
+            raise OSError("disk full")
+
+    manager = train.CheckpointManager(BrokenAccelerator(), tmp_path, limit=None, uploader=None)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save({"global_step": 5})
+    assert not (tmp_path / "checkpoint-5").exists()
+    assert train.complete_checkpoints(tmp_path) == []
+
+
+class StubHub:
+    """Stands in for `huggingface_hub.HfApi` at its boundary: records calls, optionally fails."""
+
+    def __init__(self, fail: bool):
+        self.fail, self.calls = fail, []
+
+    def create_repo(self, repo_id, exist_ok=False):
+        self.calls.append(("create_repo", repo_id))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        if self.fail:
+            raise ConnectionError("hub unreachable")
+
+
+def make_checkpoint(folder: Path, step: int) -> Path:
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir()
+    (checkpoint / train.COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    return checkpoint
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_uploads_run_in_background_and_failures_keep_local_copies(tmp_path, fail):
+    uploader = train.HubUploader("user/mod-gpt", attempts=2, retry_delay=0.0)
+    uploader.api = StubHub(fail)
+    first = make_checkpoint(tmp_path, 1)
+    uploader.submit(first, path_in_repo=first.name)
+    uploader.uploads[str(first)].result()
+    uploads = [call[1] for call in uploader.api.calls if call[0] == "upload_folder"]
+    assert len(uploads) == (2 if fail else 1)  # retried once on failure
+    assert uploads[0]["folder_path"] == first and uploads[0]["repo_id"] == "user/mod-gpt"
+    assert uploader.uploaded(first) is (not fail)
+    make_checkpoint(tmp_path, 2)
+    manager = train.CheckpointManager(accelerator=None, output_dir=tmp_path, limit=1, uploader=uploader)
+    manager.rotate()
+    assert first.exists() is fail  # an uploaded checkpoint may be rotated away, a failed one never
+    uploader.wait()
+
+
+def test_resolve_checkpoint_ignores_folders_without_marker(tmp_path):
+    make_checkpoint(tmp_path, 3)
+    (tmp_path / "checkpoint-7").mkdir()
+    assert train.resolve_checkpoint("latest", tmp_path).name == "checkpoint-3"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "/no/such/folder", "--output_dir", "out"], "--dataset '/no/such/folder': no such folder"),
+        (["--model_config", "huge"], "--model_config 'huge': not a preset"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], "not a complete checkpoint folder"),
+        (["--resume_from_checkpoint", "latest"], "no complete checkpoint"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+    ],
+)
+def test_bad_arguments_exit_with_a_clear_message(sample_dataset, tmp_path, args, message):
+    base = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path / "out")]
+    result = run_train(*base, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_through_accelerate_launch():
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+    result = run_train("--help", launcher=launcher)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--resume_from_checkpoint" in result.stdout and "--gradient_accumulation_steps" in result.stdout
