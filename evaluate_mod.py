@@ -17,10 +17,9 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
+from metrics import load_metric
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
-
-from metrics import load_metric
 
 SPLITS = ("easy_test", "hard_test")
 IGNORE_INDEX = -100
