@@ -14,16 +14,19 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import timm
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_linear_schedule_with_warmup
@@ -36,6 +39,11 @@ from processing_mod import IGNORE_INDEX, MODProcessor
 logger = logging.getLogger("train")
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+IMFE_ENCODER_FILE = "meme_encoder.safetensors"
+TASK_LOSS_WEIGHTS = {
+    "mod": {"text": 1.0, "usage": 1.0, "meme": 1.0, "emotion": 1.0},
+    "cem": {"text": 0.0, "usage": 0.0, "meme": 0.0, "emotion": 1.0},
+}
 PRESETS = {
     "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 512},
     "base": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 513},
@@ -52,6 +60,21 @@ class TrainArguments:
         metadata={"help": "Built MOD dataset: a local folder (python -m mod_dataset build) or hub id."}
     )
     output_dir: str = field(metadata={"help": "Where checkpoints, logs and the final model go."})
+    task: str = field(
+        default="mod",
+        metadata={
+            "help": "mod: the full objective. cem: emotion prediction only (cross-modal emotion pre-training), "
+            "continued by --task mod --init_from its output. imfe: meme encoder pre-training by image "
+            "classification; later stages use it through --meme_encoder_checkpoint OUTPUT/meme_encoder.safetensors."
+        },
+    )
+    imfe_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "imfe: an imagefolder-style folder of labelled images (default: the dataset's memes, "
+            "labelled with their most frequent emotion)."
+        },
+    )
     model_config: str = field(default="tiny", metadata={"help": "Preset 'tiny' or 'base', or a MODGPTConfig JSON."})
     init_from: str | None = field(
         default=None, metadata={"help": "A local GPT-2/CDial-GPT folder (decoder weights) or a MOD-GPT checkpoint."}
@@ -193,6 +216,12 @@ def build_processor(args: TrainArguments, dialogues: datasets.DatasetDict) -> MO
 
 
 def build_model(args: TrainArguments, processor: MODProcessor, names: list[str]) -> MODGPTForMemeDialogue:
+    model = load_or_create_model(args, processor, names)
+    model.config.update({f"{part}_loss_weight": weight for part, weight in TASK_LOSS_WEIGHTS[args.task].items()})
+    return model
+
+
+def load_or_create_model(args: TrainArguments, processor: MODProcessor, names: list[str]) -> MODGPTForMemeDialogue:
     if is_mod_checkpoint(args.init_from):
         return MODGPTForMemeDialogue.from_pretrained(args.init_from)
     feature_size = MODGPTForMemeDialogue.encoder_feature_size(args.meme_encoder)
@@ -491,9 +520,14 @@ def parse_arguments(argv: list[str]) -> TrainArguments:
     elif len(argv) == 1 and argv[0].endswith(".json"):
         (args,) = parser.parse_json_file(argv[0])
     else:
-        (args,) = parser.parse_args_into_dataclasses(argv)
+        try:
+            (args,) = parser.parse_args_into_dataclasses(argv)
+        except ValueError as error:  # unknown arguments
+            raise ArgumentError(str(error)) from error
     if args.push_to_hub and not args.hub_model_id:
         raise ArgumentError("--push_to_hub needs --hub_model_id.")
+    if args.task not in (*TASK_LOSS_WEIGHTS, "imfe"):
+        raise ArgumentError(f"--task {args.task!r}: use 'mod', 'cem' or 'imfe'.")
     if args.mixed_precision not in ("no", "fp16", "bf16"):
         raise ArgumentError(f"--mixed_precision {args.mixed_precision!r}: use 'no', 'fp16' or 'bf16'.")
     return args
@@ -631,10 +665,87 @@ def train(args: TrainArguments) -> dict[str, float]:
     return final_metrics
 
 
+# IMFE: meme encoder pre-training --------------------------------------------------------------------------------
+
+
+def imfe_examples(args: TrainArguments) -> tuple[list, list[int], list[str]]:
+    """Images, labels and label names: an imagefolder dataset, or the memes labelled by their most frequent emotion."""
+    if args.imfe_dataset is not None:
+        if not Path(args.imfe_dataset).is_dir():
+            raise ArgumentError(f"--imfe_dataset {args.imfe_dataset!r}: no such folder.")
+        folder = datasets.load_dataset("imagefolder", data_dir=args.imfe_dataset, split="train")
+        return folder["image"], folder["label"], folder.features["label"].names
+    dialogues, memes = load_splits(args.dataset)
+    counts: dict[str, Counter] = {}
+    for turns in dialogues["train"]["turns"]:
+        for turn in turns:
+            if turn["meme"] is not None and turn["emotion"] is not None:
+                counts.setdefault(turn["meme"], Counter())[turn["emotion"]] += 1
+    labelled = [i for i, meme in enumerate(memes["meme_id"]) if meme in counts]
+    rows = memes.select(labelled)
+    labels = [counts[meme].most_common(1)[0][0] for meme in rows["meme_id"]]
+    return rows["image"], labels, emotion_names(dialogues)
+
+
+def train_imfe(args: TrainArguments) -> dict[str, float]:
+    """Fine-tune the meme encoder as an image classifier and save it for the later stages."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
+    )
+    set_seed(args.seed)
+    images, labels, names = imfe_examples(args)
+    encoder = timm.create_model(args.meme_encoder, pretrained=False, num_classes=len(names))
+    if args.meme_encoder_checkpoint:
+        timm.models.load_checkpoint(encoder, args.meme_encoder_checkpoint, strict=False)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=encoder), is_training=True)
+    examples = list(zip(images, labels))
+    loader = DataLoader(
+        examples,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=lambda batch: (
+            torch.stack([transform(i.convert("RGB")) for i, _ in batch]),
+            torch.tensor([y for _, y in batch]),
+        ),
+    )
+    steps_per_epoch = max(1, len(loader) // args.gradient_accumulation_steps)
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    step, losses = 0, []
+    progress = tqdm(total=max_steps, disable=not accelerator.is_local_main_process, desc="imfe")
+    while step < max_steps:
+        for pixel_values, targets in loader:
+            with accelerator.accumulate(encoder):
+                loss = torch.nn.functional.cross_entropy(encoder(pixel_values), targets)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                step += 1
+                losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses[-1]:.3f}")
+                if accelerator.is_main_process and (step % args.logging_steps == 0 or step == max_steps):
+                    window = losses[-args.logging_steps :]
+                    with (output_dir / "metrics.jsonl").open("a") as stream:
+                        stream.write(json.dumps({"step": step, "imfe_loss": sum(window) / len(window)}) + "\n")
+            if step >= max_steps:
+                break
+    progress.close()
+    if accelerator.is_main_process:
+        save_file(accelerator.unwrap_model(encoder).state_dict(), output_dir / IMFE_ENCODER_FILE)
+        (output_dir / "imfe_labels.json").write_text(json.dumps(names, ensure_ascii=False))
+    accelerator.wait_for_everyone()
+    return {"imfe_loss": losses[-1]}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)
-        train(args)
+        train_imfe(args) if args.task == "imfe" else train(args)
     except ArgumentError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
