@@ -1,0 +1,141 @@
+"""Statistics of the built data (the paper's Tables 1 and 2) and the dataset card."""
+
+import yaml
+
+from .release import Release
+
+CONFIG_DESCRIPTIONS = {
+    "dialogues": "whole dialogues: `dialogue_id`, `turns` = list of `{speaker, text, meme, emotion}`",
+    "memes": "`meme_id`, `image` (embedded bytes), `file_name`, `seen` (used in train), `feature` when the release has it",
+    "response": "task 1, text response: `id`, `history` (turns), `speaker` (who answers), `answer` (the text)",
+    "retrieval": "task 2, meme retrieval: `id`, `history`, `speaker`, `answer_text`, `candidates` (meme ids), `answer`",
+    "emotion": "task 3, meme emotion: `id`, `history` (its last turn holds the meme), `speaker`, `answer` (emotion)",
+}
+CITATION = """@article{fei2021towards,
+  title={Towards Expressive Communication with Internet Memes: A New Multimodal Conversation Dataset and Benchmark},
+  author={Fei, Zhengcong and Li, Zekang and Zhang, Jinchao and Feng, Yang and Zhou, Jie},
+  journal={arXiv preprint arXiv:2109.01839},
+  year={2021}
+}"""
+
+
+def split_statistics(rows: list[dict], train_memes: set[str]) -> dict[str, float]:
+    turns = [turn for row in rows for turn in row["turns"]]
+    texts = [turn["text"] for turn in turns if turn["text"]]
+    memes = [turn["meme"] for turn in turns if turn["meme"] is not None]
+    return {
+        "dialogues": len(rows),
+        "utterances": len(turns),
+        "avg_turns": len(turns) / max(len(rows), 1),
+        "avg_chars": sum(len(text) for text in texts) / max(len(texts), 1),
+        "meme_turns": len(memes),
+        "meme_ratio": len(memes) / max(len(turns), 1),
+        "text_only": sum(1 for t in turns if t["text"] and t["meme"] is None),
+        "meme_only": sum(1 for t in turns if not t["text"] and t["meme"] is not None),
+        "text_and_meme": sum(1 for t in turns if t["text"] and t["meme"] is not None),
+        "distinct_memes": len(set(memes)),
+        "unseen_memes": len(set(memes) - train_memes),
+    }
+
+
+def statistics(dialogues: dict[str, list[dict]], num_memes: int, num_emotions: int) -> dict[str, dict]:
+    train_memes = {t["meme"] for row in dialogues["train"] for t in row["turns"] if t["meme"] is not None}
+    per_split = {split: split_statistics(rows, train_memes) for split, rows in dialogues.items()}
+    overall = split_statistics([row for rows in dialogues.values() for row in rows], train_memes)
+    overall.update(memes=num_memes, emotions=num_emotions)
+    return {"overall": overall, "splits": per_split}
+
+
+def format_statistics(stats: dict[str, dict]) -> str:
+    overall = stats["overall"]
+    lines = [
+        "Table 1: overall",
+        f"  dialogues {overall['dialogues']}, utterances {overall['utterances']}, "
+        f"avg turns/dialogue {overall['avg_turns']:.2f}, avg characters/text {overall['avg_chars']:.2f}",
+        f"  memes {overall['memes']}, emotions {overall['emotions']}, meme usage {100 * overall['meme_ratio']:.1f}% "
+        f"(text only {overall['text_only']}, meme only {overall['meme_only']}, text+meme {overall['text_and_meme']})",
+        "",
+        "Table 2: splits",
+        f"  {'split':<11}{'dialogues':>10}{'utterances':>11}{'avg turns':>10}{'meme turns':>11}{'memes':>7}{'unseen':>7}",
+    ]
+    for split, s in stats["splits"].items():
+        lines.append(
+            f"  {split:<11}{s['dialogues']:>10}{s['utterances']:>11}{s['avg_turns']:>10.2f}"
+            f"{s['meme_turns']:>11}{s['distinct_memes']:>7}{s['unseen_memes']:>7}"
+        )
+    return "\n".join(lines)
+
+
+def dataset_card(tables: dict, counts: dict, release: Release, language: str) -> str:
+    configs = [
+        {
+            "config_name": config,
+            **({"default": True} if config == "dialogues" else {}),
+            "data_files": [{"split": split, "path": f"{config}/{split}-*.parquet"} for split in splits],
+        }
+        for config, splits in counts.items()
+    ]
+    header = {
+        "language": [language],
+        "license": "other",
+        "license_name": "mod-research-only",
+        "pretty_name": "MOD: Meme incorporated Open-domain Dialogue",
+        "task_categories": ["text-generation"],
+        "tags": ["dialogue", "memes", "multimodal", "dstc10"],
+        "configs": configs,
+    }
+    stats = statistics(tables["dialogues"], len(tables["memes"]["train"]), len(release.emotions))
+    count_lines = "\n".join(
+        f"| {config} | " + ", ".join(f"{split}: {n}" for split, n in splits.items()) + " |"
+        for config, splits in counts.items()
+    )
+    config_lines = "\n".join(f"- `{name}`: {text}" for name, text in CONFIG_DESCRIPTIONS.items())
+    return f"""---
+{yaml.safe_dump(header, allow_unicode=True, sort_keys=False)}---
+
+# MOD: Meme incorporated Open-domain Dialogue
+
+Multi-turn open-domain dialogues in which speakers answer with text, with an Internet meme (a sticker image), or
+with both; the data of DSTC10 Track 1, from *Towards Expressive Communication with Internet Memes: A New
+Multimodal Conversation Dataset and Benchmark* (Fei et al., 2021). Converted with `python -m mod_dataset build`
+into Parquet files that `datasets.load_dataset` reads without custom code:
+
+```python
+from datasets import load_dataset
+dialogues = load_dataset("<this folder or repo>")            # train, validation, easy_test, hard_test
+memes = load_dataset("<this folder or repo>", "memes")
+```
+
+## Configs
+
+{config_lines}
+
+A turn is `{{"speaker": "speaker1" | "speaker2", "text": str | None, "meme": str | None, "emotion": int | None}}`,
+`emotion` being a class label named after `emotion_dict.json`. The test splits of the release exist only as task
+files: in `dialogues`, each of their task instances is one row (its history plus the answer turn; for task 3 the
+history alone, since its last turn holds the meme). The task views use the official instances and candidate sets
+where the release has task files (validation and both tests); for `train` they are cut from the dialogues at every
+answer, with 1 gold and 9 candidates sampled with a fixed seed. The hard test holds memes never used in `train`
+(`seen` is false for them in `memes`).
+
+| config | rows per split |
+|---|---|
+{count_lines}
+
+## Statistics
+
+```
+{format_statistics(stats)}
+```
+
+## Licence
+
+The MOD data is released by its authors for research use only; it may not be used commercially. Meme images keep
+the rights of their owners. Check the terms of the original release before redistributing this conversion.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""

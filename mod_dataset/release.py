@@ -1,0 +1,245 @@
+"""Reading and checking the official MOD release (DSTC10 Track 1): every problem is collected with where it is."""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+SPEAKERS = ("[speaker1]", "[speaker2]")
+TASKS = ("task1", "task2", "task3")
+# The split of the built dataset -> the part of the release's file names that names it.
+TASK_SPLITS = {"validation": "val", "easy_test": "test_easy", "hard_test": "test_hard"}
+
+
+class InvalidReleaseError(ValueError):
+    """The release has problems; the message lists each with its file and dialogue id or instance index."""
+
+    def __init__(self, problems: list["Problem"]):
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{len(problems)} problem(s) in the release:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}, {self.where}: {self.message}" if self.where else f"{self.file}: {self.message}"
+
+
+@dataclass
+class Release:
+    """The parts of a release, as read, with the problems found in them."""
+
+    root: Path
+    prefix: str
+    emotions: list[str] = field(default_factory=list)
+    meme_files: dict[str, str] = field(default_factory=dict)  # meme id -> image file name
+    features: dict[str, list[float]] | None = None
+    dialogues: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> id -> turns
+    tasks: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> task -> instances
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+
+    def problem(self, file: str, where: str, message: str) -> None:
+        self.problems.append(Problem(file, where, message))
+
+
+def load_json(release: Release, name: str, required: bool = True) -> Any:
+    """A JSON file of the release; duplicate object keys are reported, as are missing and malformed files."""
+    path = release.root / name
+    if not path.exists():
+        if required:
+            release.problem(name, "", "required file is missing")
+        return None
+
+    def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                release.problem(name, f"id {key!r}", "duplicate id")
+            seen[key] = value
+        return seen
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=reject_duplicates)
+    except json.JSONDecodeError as error:
+        release.problem(name, f"line {error.lineno}, column {error.colno}", f"malformed JSON ({error.msg})")
+    except UnicodeDecodeError as error:
+        release.problem(name, "", f"not UTF-8 text ({error.reason})")
+    return None
+
+
+def check_turns(release: Release, file: str, where: str, turns: Any, needs_text_or_meme: bool = True) -> bool:
+    """Check one list of turns; report each problem; return whether the turns are usable."""
+    if not isinstance(turns, list) or not turns:
+        release.problem(file, where, f"a dialogue must be a non-empty list of turns, got {type(turns).__name__}")
+        return False
+    ok = True
+    for index, turn in enumerate(turns):
+        ok &= check_turn(release, file, f"{where}, turn {index}", turn, needs_text_or_meme)
+    return ok
+
+
+def check_turn(release: Release, file: str, where: str, turn: Any, needs_text_or_meme: bool = True) -> bool:
+    if not isinstance(turn, dict):
+        release.problem(file, where, f"a turn must be an object, got {type(turn).__name__}")
+        return False
+    problems_before = len(release.problems)
+    if "speaker_id" not in turn:
+        release.problem(file, where, "turn has no speaker_id")
+    elif turn["speaker_id"] not in SPEAKERS:
+        release.problem(file, where, f"speaker_id {turn['speaker_id']!r} is not one of {SPEAKERS}")
+    if "img_id" in turn:
+        meme = turn["img_id"]
+        if meme not in release.meme_files:
+            release.problem(file, where, f"img_id {meme!r} is not in img2id.json")
+        emotion = turn.get("emotion_id")
+        if emotion is not None and not (isinstance(emotion, int) and 0 <= emotion < len(release.emotions)):
+            release.problem(file, where, f"emotion_id {emotion!r} is not an id of emotion_dict.json")
+    if turn.get("txt") is not None and not isinstance(turn["txt"], str):
+        release.problem(file, where, f"txt must be a string, got {type(turn['txt']).__name__}")
+    if needs_text_or_meme and not turn.get("txt") and "img_id" not in turn:
+        release.problem(file, where, "turn has neither txt nor img_id")
+    return len(release.problems) == problems_before
+
+
+def read_memes(release: Release) -> None:
+    """`emotion_dict.json`, `img2id.json` and the images of `meme_set/`, each decoded once to prove it is whole."""
+    emotion_dict = load_json(release, "emotion_dict.json")
+    if isinstance(emotion_dict, dict):
+        by_id = sorted(emotion_dict.items(), key=lambda item: item[1])
+        if [emotion_id for _, emotion_id in by_id] != list(range(len(by_id))):
+            release.problem("emotion_dict.json", "", "emotion ids must be 0, 1, ..., n-1")
+        release.emotions = [name for name, _ in by_id]
+    img2id = load_json(release, "img2id.json")
+    if not isinstance(img2id, dict):
+        return
+    meme_dir = release.root / "meme_set"
+    if not meme_dir.is_dir():
+        release.problem("meme_set/", "", "the folder of meme images is missing")
+        return
+    for file_name, meme_id in img2id.items():
+        meme_id = str(meme_id)
+        if meme_id in release.meme_files:
+            release.problem("img2id.json", f"meme {meme_id!r}", "duplicate meme id")
+            continue
+        problem = image_problem(meme_dir / file_name)
+        if problem:
+            release.problem(f"meme_set/{file_name}", f"meme {meme_id!r}", problem)
+            continue
+        release.meme_files[meme_id] = file_name
+    features = load_json(release, "id2feature.json", required=False)
+    if isinstance(features, dict):
+        release.features = {str(meme): [float(x) for x in vector] for meme, vector in features.items()}
+
+
+def image_problem(path: Path) -> str | None:
+    if not path.exists():
+        return "image file is missing"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 - PIL raises many kinds of errors for broken files
+        return f"image cannot be decoded ({type(error).__name__}: {error})"
+    return None
+
+
+def read_dialogues(release: Release, split: str, name: str, skip_invalid: bool) -> None:
+    content = load_json(release, name)
+    if content is None:
+        return
+    if not isinstance(content, dict):
+        release.problem(name, "", "must map dialogue ids to lists of turns")
+        return
+    kept = {}
+    for dialogue_id, turns in content.items():
+        before = len(release.problems)
+        if check_turns(release, name, f"dialogue {dialogue_id!r}", turns):
+            kept[dialogue_id] = turns
+        elif skip_invalid:
+            release.skipped += release.problems[before:]
+            del release.problems[before:]
+    release.dialogues[split] = kept
+
+
+def read_task(release: Release, split: str, task: str, name: str, skip_invalid: bool) -> None:
+    content = load_json(release, name)
+    if content is None:
+        return
+    if not isinstance(content, list):
+        release.problem(name, "", "a task file must be a list of instances")
+        return
+    kept = []
+    for index, instance in enumerate(content):
+        before = len(release.problems)
+        if check_instance(release, name, f"instance {index}", task, instance):
+            kept.append(instance)
+        elif skip_invalid:
+            release.skipped += release.problems[before:]
+            del release.problems[before:]
+    release.tasks.setdefault(split, {})[task] = kept
+
+
+def check_instance(release: Release, file: str, where: str, task: str, instance: Any) -> bool:
+    if not isinstance(instance, dict) or "history" not in instance or "answer" not in instance:
+        release.problem(file, where, "an instance must be an object with 'history' and 'answer'")
+        return False
+    ok = check_turns(release, file, where, instance["history"])
+    ok &= check_turn(release, file, f"{where}, answer", instance["answer"], needs_text_or_meme=False)
+    answer = instance["answer"] if isinstance(instance["answer"], dict) else {}
+    if task == "task1" and not isinstance(answer.get("txt"), str):
+        release.problem(file, f"{where}, answer", "a task1 answer needs its txt")
+        ok = False
+    if task == "task2":
+        candidates = (instance.get("candidate") or {}).get("set")
+        if not isinstance(candidates, list) or not candidates:
+            release.problem(file, where, "a task2 instance needs candidate.set, a list of meme ids")
+            return False
+        unknown = [meme for meme in candidates if meme not in release.meme_files]
+        if unknown:
+            release.problem(file, where, f"candidate meme(s) {unknown} are not in img2id.json")
+            ok = False
+        if answer.get("img_id") not in candidates:
+            release.problem(file, where, f"answer meme {answer.get('img_id')!r} is not among its candidates")
+            ok = False
+    if task == "task3" and not isinstance(answer.get("emotion_id"), int):
+        release.problem(file, f"{where}, answer", "a task3 answer needs its emotion_id")
+        ok = False
+    return ok
+
+
+def read_release(root: Path, language: str = "zh", skip_invalid: bool = False) -> Release:
+    """Read every part of the release at `root`; raise `InvalidReleaseError` listing all problems found."""
+    if not root.is_dir():
+        raise InvalidReleaseError([Problem(str(root), "", "the release folder does not exist")])
+    release = Release(root=root, prefix={"zh": "c", "en": "e"}[language])
+    read_memes(release)
+    if skip_invalid:  # unusable memes are left out; the turns that use them are then skipped too
+        per_meme = [p for p in release.problems if p.where.startswith("meme ")]
+        release.skipped += per_meme
+        release.problems = [p for p in release.problems if p not in per_meme]
+    if release.problems:
+        raise InvalidReleaseError(release.problems)
+    read_dialogues(release, "train", f"{release.prefix}_train.json", skip_invalid)
+    read_dialogues(release, "validation", f"{release.prefix}_val.json", skip_invalid)
+    for split, stem in TASK_SPLITS.items():
+        for task in TASKS:
+            read_task(release, split, task, f"{release.prefix}_{stem}_{task}.json", skip_invalid)
+    if release.problems:
+        raise InvalidReleaseError(release.problems)
+    return release
+
+
+def count_reasons(problems: Iterable[Problem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for problem in problems:
+        reason = problem.message.split(" (")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
