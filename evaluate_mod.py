@@ -17,27 +17,21 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
-from metrics import load_metric
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
 
+from metrics import load_metric
+from mod_dataset.release import TASK_SPLITS
+from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
+
 SPLITS = ("easy_test", "hard_test")
+RT_CUTOFF = 5  # RT@5: the gold meme among the 5 nearest of all memes
 IGNORE_INDEX = -100
 
 
 def batched(rows: list, size: int, description: str):
     for start in tqdm(range(0, len(rows), size), desc=description, leave=False):
         yield rows[start : start + size]
-
-
-def run_model(model, processor, dialogues: list[list[dict]], **encode_kwargs):
-    """Encode dialogues (left-padded) and run the model; returns the inputs and outputs."""
-    inputs = processor(dialogues, padding_side="left", **encode_kwargs)
-    meme_ids = inputs.pop("meme_ids")
-    features = model.lookup_memes(meme_ids) if meme_ids else None
-    inputs = inputs.to(model.device)
-    model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    return inputs, model(**model_inputs, meme_features=features)
 
 
 def answer_turn(row: dict, **content: Any) -> dict:
@@ -55,7 +49,7 @@ def response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[l
     nll_sums, counts = [], []
     for chunk in batched(rows, batch_size, "perplexity"):
         dialogues = [row["history"] + [answer_turn(row, text=row["answer"])] for row in chunk]
-        inputs, outputs = run_model(model, processor, dialogues, label_turns="last")
+        inputs, outputs = model.run_dialogues(processor, dialogues, label_turns="last")
         targets = inputs["labels"][:, 1:]
         nll = F.cross_entropy(
             outputs.logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
@@ -69,17 +63,8 @@ def response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[l
 def generate_replies(model, processor, rows: list[dict], batch_size: int, **generate_kwargs) -> list[str]:
     replies = []
     for chunk in batched(rows, batch_size, "generation"):
-        prompt = processor([row["history"] for row in chunk], add_generation_prompt=True, padding_side="left")
-        meme_ids = prompt.pop("meme_ids")
-        features = model.lookup_memes(meme_ids) if meme_ids else None
-        prompt = prompt.to(model.device)
-        generated = model.generate(
-            input_ids=prompt["input_ids"],
-            attention_mask=prompt["attention_mask"],
-            token_type_ids=prompt["token_type_ids"],
-            meme_features=features,
-            **generate_kwargs,
-        )
+        prompt = model.dialogue_inputs(processor, [row["history"] for row in chunk], add_generation_prompt=True)
+        generated = model.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
         replies += processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
     return replies
 
@@ -108,18 +93,17 @@ def text_table(model, processor, rows: list[dict], args) -> tuple[dict[str, floa
 
 @torch.no_grad()
 def rank_memes(model, processor, rows: list[dict], batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
-    """For each instance: its official candidates ranked, and all bank memes ranked."""
+    """For each instance: its official candidates ranked, and the `RT_CUTOFF` nearest memes of the whole bank."""
     ranked_candidates, ranked_all = [], []
     for chunk in batched(rows, batch_size, "retrieval"):
-        dialogues = [row["history"] + [answer_turn(row, text=row.get("answer_text"))] for row in chunk]
-        inputs, outputs = run_model(model, processor, dialogues)
-        tags = inputs["input_ids"] == model.config.tag_token_id
-        last_tag = tags.sum(1).cumsum(0) - 1
-        predictions = outputs.meme_predictions[last_tag]
+        # A meme-only answer is read at the [TAG] closing its empty text, as `respond` does for a reply.
+        dialogues = [row["history"] + [answer_turn(row, text=row["answer_text"] or "")] for row in chunk]
+        inputs, outputs = model.run_dialogues(processor, dialogues)
+        predictions = outputs.meme_predictions[last_per_row(inputs["input_ids"] == model.config.tag_token_id)]
         ranked_candidates += [
             r.meme_ids for r in model.retrieve_memes(predictions, [row["candidates"] for row in chunk])
         ]
-        ranked_all += [r.meme_ids for r in model.retrieve_memes(predictions)]
+        ranked_all += [r.meme_ids for r in model.retrieve_memes(predictions, top_k=RT_CUTOFF)]
     return ranked_candidates, ranked_all
 
 
@@ -129,15 +113,16 @@ def retrieval_table(model, processor, rows: list[dict], seen: dict[str, bool], b
     groups = ["seen" if seen.get(meme, True) else "unseen" for meme in gold]
     metric = load_metric("mod_retrieval")
     scores = metric.compute(predictions=ranked_candidates, references=gold, ks=[1, 2, 5], prefix="R10", groups=groups)
-    overall = metric.compute(predictions=ranked_all, references=gold, ks=[5], prefix="RT", groups=groups)
+    overall = metric.compute(predictions=ranked_all, references=gold, ks=[RT_CUTOFF], prefix="RT", groups=groups)
     return merge_scores(scores, overall), ranked_candidates
 
 
 def merge_scores(first: dict, second: dict) -> dict:
+    """`first` with the scores of `second` that it lacks, group by group (so MAP stays the 10-candidate one)."""
     merged = dict(first)
     for key, value in second.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
+            merged[key] = {**value, **merged[key]}
         elif key not in merged:
             merged[key] = value
     return merged
@@ -150,7 +135,7 @@ def merge_scores(first: dict, second: dict) -> dict:
 def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int) -> dict[str, float]:
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
-        inputs, outputs = run_model(model, processor, chunk)
+        inputs, outputs = model.run_dialogues(processor, chunk)
         labels = inputs["usage_labels"][inputs["input_ids"] == model.config.tag_token_id]
         labelled = labels != IGNORE_INDEX
         predictions += outputs.usage_logits.argmax(-1)[labelled].tolist()
@@ -162,9 +147,8 @@ def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int)
 def emotion_table(model, processor, rows: list[dict], batch_size: int) -> tuple[dict[str, float], list[list[int]]]:
     top5 = []
     for chunk in batched(rows, batch_size, "emotion"):
-        inputs, outputs = run_model(model, processor, [row["history"] for row in chunk])
-        images = inputs["input_ids"] == model.config.image_token_id
-        last_image = images.sum(1).cumsum(0) - 1
+        inputs, outputs = model.run_dialogues(processor, [row["history"] for row in chunk])
+        last_image = last_per_row(inputs["input_ids"] == model.config.image_token_id)
         top5 += outputs.emotion_logits[last_image].topk(5, dim=-1).indices.tolist()
     references = [row["answer"] for row in rows]
     return load_metric("mod_emotion").compute(predictions=top5, references=references, ks=[1, 5]), top5
@@ -187,7 +171,7 @@ def release_turn(turn: dict) -> dict:
 
 def write_submission(folder: Path, split: str, views: dict[str, list[dict]], outputs: dict[str, list]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = f"c_{split.replace('_test', '')}_test" if split.endswith("_test") else f"c_{split}"
+    prefix = f"c_{TASK_SPLITS[split]}"  # the release's own file names: c_test_easy_task1.json, ...
     task1 = [
         {
             "history": [release_turn(t) for t in row["history"]],
