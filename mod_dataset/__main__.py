@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped = result["skipped"]
         if skipped:
             print(
-                f"skipped {sum(skipped.values())} invalid row(s): "
+                f"left out the rows with {sum(skipped.values())} problem(s): "
                 + "; ".join(f"{n} x {r}" for r, n in skipped.items())
             )
         for config, splits in result["counts"].items():

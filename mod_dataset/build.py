@@ -197,6 +197,7 @@ def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh"
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the built folder is meant to be shared like any other
     try:
         datasets.disable_progress_bars()
         write_tables(tables, features, staging)

@@ -41,6 +41,7 @@ class Release:
     prefix: str
     emotions: list[str] = field(default_factory=list)
     meme_files: dict[str, str] = field(default_factory=dict)  # meme id -> image file name
+    listed_memes: set[str] = field(default_factory=set)  # every meme id of img2id.json, usable or not
     features: dict[str, list[float]] | None = None
     dialogues: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> id -> turns
     tasks: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> task -> instances
@@ -98,7 +99,9 @@ def check_turn(release: Release, file: str, where: str, turn: Any, needs_text_or
         release.problem(file, where, f"speaker_id {turn['speaker_id']!r} is not one of {SPEAKERS}")
     if "img_id" in turn:
         meme = turn["img_id"]
-        if meme not in release.meme_files:
+        if meme in release.listed_memes and meme not in release.meme_files:
+            release.problem(file, where, f"img_id {meme!r} has no usable image (see its meme_set/ problem)")
+        elif meme not in release.meme_files:
             release.problem(file, where, f"img_id {meme!r} is not in img2id.json")
         emotion = turn.get("emotion_id")
         if emotion is not None and not (isinstance(emotion, int) and 0 <= emotion < len(release.emotions)):
@@ -127,6 +130,7 @@ def read_memes(release: Release) -> None:
         return
     for file_name, meme_id in img2id.items():
         meme_id = str(meme_id)
+        release.listed_memes.add(meme_id)
         if meme_id in release.meme_files:
             release.problem("img2id.json", f"meme {meme_id!r}", "duplicate meme id")
             continue
@@ -204,7 +208,7 @@ def check_instance(release: Release, file: str, where: str, task: str, instance:
             return False
         unknown = [meme for meme in candidates if meme not in release.meme_files]
         if unknown:
-            release.problem(file, where, f"candidate meme(s) {unknown} are not in img2id.json")
+            release.problem(file, where, f"candidate meme(s) {unknown} are not in img2id.json or have no usable image")
             ok = False
         if answer.get("img_id") not in candidates:
             release.problem(file, where, f"answer meme {answer.get('img_id')!r} is not among its candidates")
@@ -221,11 +225,13 @@ def read_release(root: Path, language: str = "zh", skip_invalid: bool = False) -
         raise InvalidReleaseError([Problem(str(root), "", "the release folder does not exist")])
     release = Release(root=root, prefix={"zh": "c", "en": "e"}[language])
     read_memes(release)
+    per_meme = [p for p in release.problems if p.where.startswith("meme ")]
     if skip_invalid:  # unusable memes are left out; the turns that use them are then skipped too
-        per_meme = [p for p in release.problems if p.where.startswith("meme ")]
         release.skipped += per_meme
         release.problems = [p for p in release.problems if p not in per_meme]
-    if release.problems:
+    # Without emotion_dict.json, img2id.json or meme_set/, every turn would be reported: stop here. A few unusable
+    # memes do not stop the reading, so that the error lists the problems of the dialogues and tasks as well.
+    if any(p not in per_meme for p in release.problems):
         raise InvalidReleaseError(release.problems)
     read_dialogues(release, "train", f"{release.prefix}_train.json", skip_invalid)
     read_dialogues(release, "validation", f"{release.prefix}_val.json", skip_invalid)
