@@ -116,7 +116,8 @@ class TrainArguments:
 
 def load_splits(dataset: str) -> tuple[datasets.DatasetDict, datasets.Dataset]:
     """The `dialogues` splits and the `memes` table of a built MOD dataset."""
-    if not (Path(dataset).is_dir() or ("/" in dataset and not Path(dataset).exists())):
+    is_hub_id = dataset.count("/") == 1 and not dataset.startswith((".", "/", "~")) and not Path(dataset).exists()
+    if not (Path(dataset).is_dir() or is_hub_id):
         raise ArgumentError(f"--dataset {dataset!r}: no such folder (build one with `python -m mod_dataset build`).")
     try:
         dialogues = datasets.load_dataset(dataset, "dialogues")
@@ -261,6 +262,36 @@ def fill_meme_bank(model: MODGPTForMemeDialogue, processor: MODProcessor, memes:
         rows = memes[start : start + batch_size]
         pixel_values = processor.image_processor(rows["image"])["pixel_values"]
         model.add_memes(rows["meme_id"], pixel_values=pixel_values)
+
+
+# Loss -------------------------------------------------------------------------------------------------------------
+
+
+def loss_item_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What each loss part averages over: text labels, [TAG] usage labels, attached memes, [IMG] emotion labels."""
+    return torch.stack(
+        [
+            (batch["labels"][:, 1:] != IGNORE_INDEX).sum(),
+            (batch["usage_labels"] != IGNORE_INDEX).sum(),
+            (batch["usage_labels"] == 1).sum(),
+            (batch["emotion_labels"] != IGNORE_INDEX).sum(),
+        ]
+    )
+
+
+def global_batch_loss(outputs, batch: dict[str, torch.Tensor], accelerator: Accelerator, config) -> torch.Tensor:
+    """
+    The weighted loss with each part averaged over the whole global batch rather than this process's share of it.
+    Each process holds a different number of labelled tokens, memes and emotions, so plain per-process means would
+    weight them unevenly; rescaled this way, the gradients that DDP averages over N processes are those of one
+    process holding the global batch.
+    """
+    local_counts = loss_item_counts(batch)
+    global_counts = accelerator.reduce(local_counts, reduction="sum").clamp(min=1)
+    share = local_counts * accelerator.num_processes / global_counts
+    parts = torch.stack([outputs.lm_loss, outputs.usage_loss, outputs.meme_loss, outputs.emotion_loss])
+    weights = [config.text_loss_weight, config.usage_loss_weight, config.meme_loss_weight, config.emotion_loss_weight]
+    return (parts * share * parts.new_tensor(weights)).sum()
 
 
 # Checkpoints and uploads --------------------------------------------------------------------------------------------
@@ -621,13 +652,14 @@ def train(args: TrainArguments) -> dict[str, float]:
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 outputs = model(**batch)
-                accelerator.backward(outputs.loss)
+                loss = global_batch_loss(outputs, batch, accelerator, accelerator.unwrap_model(model).config)
+                accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            running_loss.append(outputs.loss.detach())
+            running_loss.append(loss.detach())
             if not accelerator.sync_gradients:
                 continue
             state["global_step"] += 1

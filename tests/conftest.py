@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny processor and a tiny random MOD-GPT, all built offline."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from configuration_mod_gpt import MODGPTConfig  # noqa: E402
+from mod_dataset import SAMPLE_DIR, build_dataset  # noqa: E402
 from modeling_mod_gpt import MODGPTForMemeDialogue  # noqa: E402
 from processing_mod import MODProcessor  # noqa: E402
 
@@ -48,6 +50,15 @@ DIALOGUES = [
 ]
 
 
+def run_script(
+    script: str, *args: str, launcher: list[str] | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run one of the repository's scripts (`train.py`, `evaluate_mod.py`, ...) offline in a fresh process."""
+    command = [*(launcher or [sys.executable]), str(REPO_ROOT / script), *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=600)
+
+
 def tiny_config(processor: MODProcessor, **overrides) -> MODGPTConfig:
     text_config = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
     text_config["vocab_size"] = len(processor.tokenizer)
@@ -75,3 +86,11 @@ def model(processor: MODProcessor) -> MODGPTForMemeDialogue:
     model = MODGPTForMemeDialogue(tiny_config(processor))
     model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """The embedded sample release, built once into a hub dataset folder."""
+    folder = tmp_path_factory.mktemp("sample") / "data"
+    build_dataset(SAMPLE_DIR, folder)
+    return folder
