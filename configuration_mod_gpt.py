@@ -31,7 +31,8 @@ class MODGPTConfig(PreTrainedConfig):
             Size of a meme feature vector: the encoder's pooled output (1280 for EfficientNet-b0), or the size of
             precomputed features such as the organisers' 512-d CLIP vectors.
         normalize_meme_features (`bool`, *optional*, defaults to `False`):
-            Scale every meme feature to unit L2 norm. The paper uses raw features of an ImageNet-trained encoder; a
+            Rescale every meme feature to an L2 norm of `sqrt(meme_feature_size)` (a root-mean-square of 1 per
+            dimension). The paper uses raw features of an ImageNet-trained encoder, whose values are of order 1; a
             randomly initialised encoder (offline demos and tests) gives features too small to regress without this.
         freeze_meme_encoder (`bool`, *optional*, defaults to `True`):
             Keep the meme encoder frozen (as in the paper); features are then computed once per meme.

@@ -8,7 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, BatchFeature, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
@@ -19,6 +19,7 @@ except ImportError:
 
 
 IGNORE_INDEX = -100
+DIALOGUE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "meme_features")
 
 
 @dataclass
@@ -208,7 +209,10 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         return self.normalize_meme_features(self.meme_encoder(pixel_values.to(self.dtype)))
 
     def normalize_meme_features(self, meme_features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(meme_features, dim=-1) if self.config.normalize_meme_features else meme_features
+        """With `config.normalize_meme_features`, rescale each feature to a root-mean-square of 1 per dimension."""
+        if not self.config.normalize_meme_features:
+            return meme_features
+        return F.normalize(meme_features, dim=-1) * meme_features.shape[-1] ** 0.5
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, meme_features: torch.Tensor) -> torch.BoolTensor:
         """Mask of the `[IMG]` positions, after checking that there is exactly one meme feature for each."""
@@ -428,12 +432,21 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         return self.meme_bank_features[torch.tensor([position[m] for m in meme_ids], dtype=torch.long)]
 
     def meme_distances(self, meme_predictions: torch.Tensor, candidate_features: torch.Tensor) -> torch.Tensor:
-        """Distances `(..., num_candidates)` from each prediction to candidates `([...,] num_candidates, features)`."""
-        predictions = meme_predictions.float().unsqueeze(-2)
-        candidates = candidate_features.float()
+        """
+        Distances `(num_predictions, num_candidates)` from each predicted feature `(num_predictions, features)` to
+        candidate memes: one set for all, `(num_candidates, features)`, or one set each, `(num_predictions,
+        num_candidates, features)`. Matrix products throughout: no predictions x candidates x features tensor.
+        """
+        predictions, candidates = meme_predictions.float(), candidate_features.float()
+        one_set_each = candidates.dim() == 3
+        if one_set_each:
+            predictions = predictions.unsqueeze(1)
         if self.config.retrieval_distance == "cosine":
-            return 1.0 - F.cosine_similarity(predictions, candidates, dim=-1)
-        return torch.linalg.vector_norm(predictions - candidates, dim=-1)
+            similarity = F.normalize(predictions, dim=-1) @ F.normalize(candidates, dim=-1).transpose(-1, -2)
+            distances = 1.0 - similarity
+        else:
+            distances = torch.cdist(predictions, candidates)
+        return distances.squeeze(1) if one_set_each else distances
 
     def retrieve_memes(
         self, meme_predictions: torch.Tensor, candidates: list[list[str]] | None = None, top_k: int | None = None
@@ -453,15 +466,34 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             features = self.lookup_memes([meme_id for ids in candidates for meme_id in ids])
             features = features.view(len(candidates), len(candidates[0]), -1)
             distances = self.meme_distances(meme_predictions, features)
-        ranked_distances, order = distances.sort(dim=-1)
-        if top_k is not None:
-            ranked_distances, order = ranked_distances[:, :top_k], order[:, :top_k]
+        if top_k is None:
+            ranked_distances, order = distances.sort(dim=-1)
+        else:
+            ranked_distances, order = distances.topk(min(top_k, distances.shape[-1]), dim=-1, largest=False)
         return [
             MemeRetrieval([ids[i] for i in row.tolist()], dist.tolist())
             for ids, row, dist in zip(candidates, order, ranked_distances)
         ]
 
     # Replies -----------------------------------------------------------------------------------------------------
+
+    def dialogue_inputs(self, processor: Any, dialogues: list[list[dict]], **processor_kwargs: Any) -> BatchFeature:
+        """
+        The processor's left-padded encoding of `dialogues` on the model's device, with `meme_features` (the bank
+        features of their memes, in reading order) in place of `meme_ids`.
+        """
+        inputs = processor(dialogues, padding_side="left", return_tensors="pt", **processor_kwargs)
+        meme_ids = inputs.pop("meme_ids")
+        inputs = inputs.to(self.device)
+        inputs["meme_features"] = self.lookup_memes(meme_ids) if meme_ids else None
+        return inputs
+
+    def run_dialogues(
+        self, processor: Any, dialogues: list[list[dict]], **processor_kwargs: Any
+    ) -> tuple[BatchFeature, MODGPTOutput]:
+        """Encode `dialogues` with `dialogue_inputs` and run the model on them (no labels: logits come back)."""
+        inputs = self.dialogue_inputs(processor, dialogues, **processor_kwargs)
+        return inputs, self(**{key: inputs[key] for key in DIALOGUE_INPUTS})
 
     @torch.no_grad()
     def respond(
@@ -485,31 +517,15 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         for index, dialogue in enumerate(batch):
             processor.check_memes(dialogue, self.config.meme_bank_ids, dialogue_index=index)
 
-        prompt = processor(batch, add_generation_prompt=True, padding_side="left", return_tensors="pt")
-        prompt_memes = self.lookup_memes(prompt.pop("meme_ids")) if prompt["meme_ids"] else None
-        prompt = prompt.to(self.device)
-        generated = self.generate(
-            input_ids=prompt["input_ids"],
-            attention_mask=prompt["attention_mask"],
-            token_type_ids=prompt["token_type_ids"],
-            meme_features=prompt_memes,
-            **generate_kwargs,
-        )
+        prompt = self.dialogue_inputs(processor, batch, add_generation_prompt=True)
+        generated = self.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
         reply_ids = generated[:, prompt["input_ids"].shape[1] :]
         texts = processor.decode_replies(reply_ids)
         speakers = [processor.next_speaker(dialogue) for dialogue in batch]
 
         # Close each reply with [EOS] [TAG] and read the usage and meme heads there.
         replies = [dict(turn, text=text) for turn, text in zip(({"speaker": s} for s in speakers), texts)]
-        closed = processor([d + [r] for d, r in zip(batch, replies)], padding_side="left", return_tensors="pt")
-        closed_memes = self.lookup_memes(closed.pop("meme_ids")) if closed["meme_ids"] else None
-        closed = closed.to(self.device)
-        outputs = self(
-            input_ids=closed["input_ids"],
-            attention_mask=closed["attention_mask"],
-            token_type_ids=closed["token_type_ids"],
-            meme_features=closed_memes,
-        )
+        closed, outputs = self.run_dialogues(processor, [d + [r] for d, r in zip(batch, replies)])
         last_tag = last_per_row(closed["input_ids"] == self.config.tag_token_id)
         uses_meme = outputs.usage_logits[last_tag].argmax(-1).bool().tolist()
         predictions = outputs.meme_predictions[last_tag]
@@ -538,15 +554,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if not with_meme:
             return emotions
         dialogues = [batch[i] + [dict(replies[i], meme=chosen[i])] for i in with_meme]
-        inputs = processor(dialogues, padding_side="left", return_tensors="pt")
-        meme_features = self.lookup_memes(inputs.pop("meme_ids"))
-        inputs = inputs.to(self.device)
-        outputs = self(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            token_type_ids=inputs["token_type_ids"],
-            meme_features=meme_features,
-        )
+        inputs, outputs = self.run_dialogues(processor, dialogues)
         last_image = last_per_row(inputs["input_ids"] == self.config.image_token_id)
         for index, emotion_id in zip(with_meme, outputs.emotion_logits[last_image].argmax(-1).tolist()):
             names = self.config.emotion_names
