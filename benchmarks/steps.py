@@ -1,0 +1,36 @@
+"""What every training row shares: model inputs from the processor's output, and `train.py`'s optimizer step."""
+
+from collections.abc import Callable
+
+import torch
+from transformers import BatchFeature, PreTrainedModel
+
+from modeling_mod_gpt import MODGPTForMemeDialogue
+
+LEARNING_RATE = 5e-5  # the paper's
+MAX_GRAD_NORM = 1.0
+
+Batch = dict[str, torch.Tensor]
+
+
+def model_inputs(model: MODGPTForMemeDialogue, encoded: BatchFeature) -> Batch:
+    """The processor's tensors, with the bank features of its memes in place of their ids."""
+    inputs = dict(encoded)
+    meme_ids = inputs.pop("meme_ids")
+    if meme_ids:
+        inputs["meme_features"] = model.lookup_memes(meme_ids)
+    return inputs
+
+
+def training_step(model: PreTrainedModel) -> Callable[[Batch], None]:
+    """One AdamW step of `train.py`'s kind on a batch: forward, backward, gradient clipping, update."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
+
+    def step(batch: Batch) -> None:
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
