@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from modeling_mod_gpt import MODGPTForMemeDialogue
+from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
 from .report import Row
@@ -12,7 +12,6 @@ from .synthetic import dialogue_of_length
 from .timing import Stats, interleaved
 
 HISTORY_LENGTH = 200
-PROMPT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 NEW_TOKENS = 32
 RETRIEVAL_BATCH = 64
 
@@ -21,16 +20,14 @@ RETRIEVAL_BATCH = 64
 def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: int, seed: int = 0) -> Row:
     """Row 3: greedy `generate` of 32 tokens after a 200-token history, with the KV cache vs without it."""
     dialogue = dialogue_of_length(random.Random(seed), HISTORY_LENGTH, generation_prompt=True)
-    encoded = processor(dialogue, add_generation_prompt=True)
-    prompt = {key: encoded[key] for key in PROMPT_INPUTS}
-    memes = model.lookup_memes(encoded["meme_ids"])
+    prompt = model.dialogue_inputs(processor, [dialogue], add_generation_prompt=True)
+    prompt = {key: prompt[key] for key in DIALOGUE_INPUTS}
     model.eval()
     outputs: dict[bool, torch.Tensor] = {}
 
     def generate(use_cache: bool) -> None:
         outputs[use_cache] = model.generate(
             **prompt,
-            meme_features=memes,
             do_sample=False,
             top_p=None,
             temperature=None,
