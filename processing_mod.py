@@ -231,6 +231,22 @@ class MODProcessor(ProcessorMixin):
             "meme_ids": memes,
         }
 
+    def encode_turns(self, dialogue: Sequence[Mapping], dialogue_index: int, label_turns: str) -> list[dict]:
+        """Each turn of a dialogue encoded by `encode_turn`, labelled as `label_turns` says."""
+        if label_turns not in LABEL_TURNS:
+            raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
+        if isinstance(dialogue, Mapping) or isinstance(dialogue, str) or not dialogue:
+            raise ValueError(f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns.")
+        last = len(dialogue) - 1
+        turns = []
+        for turn_index, turn in enumerate(dialogue):
+            where = f"dialogue {dialogue_index}, turn {turn_index}"
+            if not isinstance(turn, Mapping):
+                raise ValueError(f"{where}: a turn must be a dict, got {type(turn).__name__}.")
+            labelled = label_turns == "all" and turn_index > 0 or label_turns == "last" and turn_index == last
+            turns.append(self.encode_turn(turn, where, labelled))
+        return turns
+
     def encode_dialogue(
         self,
         dialogue: Sequence[Mapping],
@@ -243,51 +259,67 @@ class MODProcessor(ProcessorMixin):
         Encode one dialogue as a single sequence. `label_turns="all"` labels every turn from the second on (the
         paper's choice), `"last"` only the last turn (the per-response view: history + answer), `"none"` none.
         `add_generation_prompt` appends `[speakerK] [BOS]` for the speaker who answers next. Whole old turns are
-        dropped from the left until the encoding fits `max_length`.
+        dropped from the left until the encoding fits `max_length`; the last turn (with the generation prompt) is
+        always kept, and a `ValueError` names it when it alone does not fit.
         """
-        if label_turns not in LABEL_TURNS:
-            raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
-        if isinstance(dialogue, Mapping) or isinstance(dialogue, str) or not dialogue:
-            raise ValueError(f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns.")
         max_length = max_length or self.max_length
-        last = len(dialogue) - 1
-        turns = []
-        for turn_index, turn in enumerate(dialogue):
-            where = f"dialogue {dialogue_index}, turn {turn_index}"
-            if not isinstance(turn, Mapping):
-                raise ValueError(f"{where}: a turn must be a dict, got {type(turn).__name__}.")
-            labelled = label_turns == "all" and turn_index > 0 or label_turns == "last" and turn_index == last
-            turns.append(self.encode_turn(turn, where, labelled))
+        turns = self.encode_turns(dialogue, dialogue_index, label_turns)
         if add_generation_prompt:
-            speaker = self.next_speaker(dialogue)
-            prompt_ids = [self.token_ids[f"[{speaker}]"], self.token_ids["[BOS]"]]
-            segment = SEGMENTS.index(speaker)
-            turns.append(
-                {
-                    "input_ids": prompt_ids,
-                    "token_type_ids": [segment] * 2,
-                    "labels": [IGNORE_INDEX] * 2,
-                    "usage_labels": [IGNORE_INDEX] * 2,
-                    "emotion_labels": [IGNORE_INDEX] * 2,
-                    "meme_ids": [],
-                }
-            )
-        kept = self.truncate_turns(turns, max_length, dialogue_index)
-        return {key: [item for turn in kept for item in turn[key]] for key in turns[0]}
-
-    def truncate_turns(self, turns: list[dict], max_length: int, dialogue_index: int) -> list[dict]:
-        """Drop whole turns from the left until the rest fits `max_length`."""
+            turns[-1] = join_turns([turns[-1], self.generation_prompt(dialogue)])
         lengths = [len(turn["input_ids"]) for turn in turns]
-        if lengths[-1] > max_length:
-            raise ValueError(
-                f"dialogue {dialogue_index}, turn {len(turns) - 1}: 'text' encodes to {lengths[-1]} tokens with its "
-                f"special tokens, more than max_length={max_length}."
-            )
-        total, start = sum(lengths), 0
-        while total > max_length:
-            total -= lengths[start]
-            start += 1
-        return turns[start:]
+        what = "its special tokens and the reply prompt" if add_generation_prompt else "its special tokens"
+        self.check_turn_lengths(lengths[-1:], max_length, dialogue_index, first_turn=len(turns) - 1, what=what)
+        start = len(turns) - longest_run_that_fits(lengths[::-1], max_length)
+        return join_turns(turns[start:])
+
+    def encode_windows(
+        self, dialogue: Sequence[Mapping], dialogue_index: int = 0, max_length: int | None = None
+    ) -> list[dict[str, list]]:
+        """
+        Encode one dialogue for training as windows of whole turns that each fit `max_length`, together labelling
+        every turn from the second on exactly once. A dialogue that fits is one window, `encode_dialogue`'s own
+        encoding. Otherwise the first window is the longest prefix that fits; each later window takes the next new
+        turns, filling at most half of `max_length` (always at least one turn), and puts before them, unlabelled, the
+        longest run of immediately preceding turns that fits: each response is learned once, with as much history as
+        fits.
+        """
+        max_length = max_length or self.max_length
+        turns = self.encode_turns(dialogue, dialogue_index, "all")
+        lengths = [len(turn["input_ids"]) for turn in turns]
+        self.check_turn_lengths(lengths, max_length, dialogue_index)
+        windows, start = [], 0
+        while start < len(turns):
+            budget = max_length if start == 0 else max_length // 2
+            end = start + max(1, longest_run_that_fits(lengths[start:], budget))
+            room = max_length - sum(lengths[start:end])
+            context_start = start - longest_run_that_fits(lengths[:start][::-1], room)
+            context = [without_labels(turn) for turn in turns[context_start:start]]
+            if end > 1 or len(turns) == 1:  # the first turn alone has no label: it only serves as the next context
+                windows.append(join_turns(context + turns[start:end]))
+            start = end
+        return windows
+
+    def generation_prompt(self, dialogue: Sequence[Mapping]) -> dict[str, list]:
+        """`[speakerK] [BOS]` for the speaker who answers `dialogue` next, unlabelled."""
+        speaker = self.next_speaker(dialogue)
+        prompt = {
+            "input_ids": [self.token_ids[f"[{speaker}]"], self.token_ids["[BOS]"]],
+            "token_type_ids": [SEGMENTS.index(speaker)] * 2,
+            "meme_ids": [],
+        }
+        return without_labels(prompt)
+
+    @staticmethod
+    def check_turn_lengths(
+        lengths: list[int], max_length: int, dialogue_index: int, first_turn: int = 0, what: str = "its special tokens"
+    ) -> None:
+        """Raise a `ValueError` naming the first turn whose encoding alone is longer than `max_length`."""
+        for turn_index, length in enumerate(lengths, start=first_turn):
+            if length > max_length:
+                raise ValueError(
+                    f"dialogue {dialogue_index}, turn {turn_index}: 'text' encodes to {length} tokens with {what}, "
+                    f"more than max_length={max_length}."
+                )
 
     def pad(self, encodings: Sequence[Mapping[str, list]], padding_side: str = "right") -> BatchFeature:
         """Pad encoded dialogues into a batch of tensors; `meme_ids` stays a flat list in reading order."""
@@ -365,6 +397,27 @@ class MODProcessor(ProcessorMixin):
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def join_turns(turns: Sequence[Mapping[str, list]]) -> dict[str, list]:
+    """Encoded turns concatenated into one sequence."""
+    return {key: [item for turn in turns for item in turn[key]] for key in turns[0]}
+
+
+def without_labels(turn: Mapping[str, list]) -> dict[str, list]:
+    """An encoded turn as unlabelled context: text, usage and emotion labels all ignored."""
+    ignore = [IGNORE_INDEX] * len(turn["input_ids"])
+    return dict(turn, labels=ignore, usage_labels=list(ignore), emotion_labels=list(ignore))
+
+
+def longest_run_that_fits(lengths: Sequence[int], budget: int) -> int:
+    """How many of `lengths`, taken from the front, fit together in `budget`."""
+    total = count = 0
+    for length in lengths:
+        if total + length > budget:
+            break
+        total, count = total + length, count + 1
+    return count
 
 
 def is_cjk(character: str) -> bool:

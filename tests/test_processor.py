@@ -1,13 +1,42 @@
 """MODProcessor: vocabulary, sequence layout, truncation, padding, decoding."""
 
+import pytest
 import torch
-from conftest import DIALOGUES, EMOTIONS
+from conftest import CORPUS, DIALOGUES, EMOTIONS, MEME_IDS
 
 from processing_mod import IGNORE_INDEX, MODProcessor
 
 
 def tokens(processor, ids):
     return processor.tokenizer.convert_ids_to_tokens(ids)
+
+
+def long_dialogue(num_turns: int = 60) -> list[dict]:
+    """A long dialogue of varied texts, with memes (some alone, some without emotion) and emotions."""
+    turns = []
+    for index in range(num_turns):
+        text = CORPUS[index * 3 % len(CORPUS)] + (CORPUS[index * 5 % len(CORPUS)] if index % 4 == 0 else "")
+        text = None if index % 7 == 5 else text
+        meme = MEME_IDS[index % len(MEME_IDS)] if index % 3 == 1 or text is None else None
+        emotion = EMOTIONS[index % len(EMOTIONS)] if meme is not None and index % 4 else None
+        turns.append({"speaker": f"speaker{index % 2 + 1}", "text": text, "meme": meme, "emotion": emotion})
+    return turns
+
+
+def labelled(encoding: dict, key: str) -> list[int]:
+    return [label for label in encoding[key] if label != IGNORE_INDEX]
+
+
+def window_turns(processor, windows: list[dict]) -> list[tuple[int, list[int]]]:
+    """For each window, the dialogue index of its first turn and of the turns it labels (each ends in [EOS])."""
+    speakers = [processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]]
+    spans, next_new = [], 1
+    for window in windows:
+        num_turns = sum(token in speakers for token in window["input_ids"])
+        num_labelled = window["labels"].count(processor.token_ids["[EOS]"])
+        spans.append((next_new - (num_turns - num_labelled), list(range(next_new, next_new + num_labelled))))
+        next_new += num_labelled
+    return spans
 
 
 def test_chinese_is_one_token_per_character_and_english_is_wordpiece(processor):
@@ -104,3 +133,69 @@ def test_processor_round_trip(processor, tmp_path):
     assert loaded.emotion_names == EMOTIONS and loaded.max_length == processor.max_length
     assert loaded.image_processor.input_size == processor.image_processor.input_size
     assert torch.equal(loaded(DIALOGUES)["input_ids"], processor(DIALOGUES)["input_ids"])
+
+
+# Training windows ---------------------------------------------------------------------------------------------------
+
+
+def test_a_dialogue_that_fits_is_one_window_equal_to_the_packed_encoding(processor):
+    for dialogue in [*DIALOGUES, long_dialogue()]:
+        assert processor.encode_windows(dialogue, max_length=1000) == [
+            processor.encode_dialogue(dialogue, max_length=1000)
+        ]
+
+
+@pytest.mark.parametrize("max_length", [40, 64, 128, 500])
+def test_windows_label_every_response_once_with_the_longest_history_that_fits(processor, max_length):
+    dialogue = long_dialogue()
+    windows = processor.encode_windows(dialogue, max_length=max_length)
+    per_response = [
+        processor.encode_dialogue(dialogue[: k + 1], label_turns="last", max_length=max_length)
+        for k in range(1, len(dialogue))
+    ]
+    assert len(windows) > 1 and all(len(window["input_ids"]) <= max_length for window in windows)
+    # The labelled text tokens, in order, are those of the per-response view: every response once, none twice.
+    assert [t for window in windows for t in labelled(window, "labels")] == [
+        t for encoding in per_response for t in labelled(encoding, "labels")
+    ]
+    spans = window_turns(processor, windows)
+    assert [k for _, new in spans for k in new] == list(range(1, len(dialogue)))
+    # Each window holds as much history as fits: one more turn before it would not fit.
+    lengths = [len(processor.encode_dialogue([turn])["input_ids"]) for turn in dialogue]
+    for window, (start, new) in zip(windows, spans):
+        assert window["input_ids"] == processor.encode_dialogue(dialogue[start : new[-1] + 1])["input_ids"]
+        assert start == 0 or len(window["input_ids"]) + lengths[start - 1] > max_length
+
+
+def test_windows_label_usage_and_emotion_of_each_turn_once(processor):
+    dialogue = long_dialogue()
+    windows = processor.encode_windows(dialogue, max_length=64)
+    usage = [label for window in windows for label in labelled(window, "usage_labels")]
+    assert usage == [int(turn["meme"] is not None) for turn in dialogue[1:]]
+    emotions = [label for window in windows for label in labelled(window, "emotion_labels")]
+    expected = [EMOTIONS.index(t["emotion"]) for t in dialogue[1:] if t["meme"] is not None and t["emotion"]]
+    assert emotions == expected
+    assert sum(window["meme_ids"].count(MEME_IDS[1]) for window in windows) > 1  # context memes are repeated
+
+
+def test_a_turn_longer_than_a_window_names_dialogue_and_turn(processor):
+    dialogue = [
+        *DIALOGUES[0],
+        {"speaker": "speaker2", "text": "好" * 40, "meme": None, "emotion": None},
+        DIALOGUES[0][0],
+    ]
+    with pytest.raises(ValueError, match=r"dialogue 7, turn 5: 'text' encodes to 44 tokens.*max_length=30"):
+        processor.encode_windows(dialogue, dialogue_index=7, max_length=30)
+
+
+def test_generation_prompt_never_drops_the_latest_turn(processor):
+    dialogue = DIALOGUES[0][:2]
+    last_turn_length = len(processor.encode_dialogue(dialogue[-1:])["input_ids"])
+    prompt = processor.encode_dialogue(dialogue, add_generation_prompt=True, max_length=last_turn_length + 2)
+    assert prompt["input_ids"] == processor.encode_dialogue(dialogue[-1:], add_generation_prompt=True)["input_ids"]
+    with pytest.raises(
+        ValueError,
+        match=rf"turn 1: 'text' encodes to {last_turn_length + 2} tokens with its "
+        rf"special tokens and the reply prompt, more than max_length={last_turn_length + 1}",
+    ):
+        processor.encode_dialogue(dialogue, add_generation_prompt=True, max_length=last_turn_length + 1)
