@@ -453,7 +453,8 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
     ) -> list[MemeRetrieval]:
         """
         Rank memes for each predicted feature `(num_tags, meme_feature_size)` by the configured distance: the given
-        candidate ids for each prediction (e.g. the official 10-candidate sets), or the whole meme bank.
+        candidate ids for each prediction (e.g. the official sets of 10 or 11 memes; sizes may differ within a
+        batch), or the whole meme bank.
         """
         if candidates is None:
             distances = self.meme_distances(meme_predictions, self.meme_bank_features)
@@ -461,28 +462,67 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         else:
             if len(candidates) != len(meme_predictions):
                 raise ValueError(f"Got {len(candidates)} candidate lists for {len(meme_predictions)} predictions.")
-            if len({len(ids) for ids in candidates}) > 1:
-                raise ValueError("All candidate lists must have the same length.")
-            features = self.lookup_memes([meme_id for ids in candidates for meme_id in ids])
-            features = features.view(len(candidates), len(candidates[0]), -1)
-            distances = self.meme_distances(meme_predictions, features)
+            distances = self.candidate_distances(meme_predictions, candidates)
         if top_k is None:
             ranked_distances, order = distances.sort(dim=-1)
         else:
             ranked_distances, order = distances.topk(min(top_k, distances.shape[-1]), dim=-1, largest=False)
+        # Padding sorts last (infinite distance): each list keeps as many entries as it has candidates.
         return [
-            MemeRetrieval([ids[i] for i in row.tolist()], dist.tolist())
+            MemeRetrieval([ids[i] for i in row.tolist()[: len(ids)]], dist.tolist()[: len(ids)])
             for ids, row, dist in zip(candidates, order, ranked_distances)
         ]
 
+    def candidate_distances(self, meme_predictions: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
+        """
+        Distances `(num_predictions, longest_list)` from each prediction to its own candidates, the lists padded to
+        the longest one and the padding at infinite distance.
+        """
+        sizes = torch.tensor([len(ids) for ids in candidates], device=self.meme_bank_features.device)
+        is_candidate = torch.arange(int(sizes.max()), device=sizes.device) < sizes.unsqueeze(1)
+        features = self.meme_bank_features.new_zeros((*is_candidate.shape, self.config.meme_feature_size))
+        features[is_candidate] = self.lookup_memes([meme_id for ids in candidates for meme_id in ids])
+        distances = self.meme_distances(meme_predictions, features)
+        return distances.masked_fill(~is_candidate, float("inf"))
+
     # Replies -----------------------------------------------------------------------------------------------------
 
-    def dialogue_inputs(self, processor: Any, dialogues: list[list[dict]], **processor_kwargs: Any) -> BatchFeature:
+    @property
+    def max_positions(self) -> int:
+        """Positions the decoder embeds: `n_positions` (GPT-2, OpenAI-GPT) or else `max_position_embeddings`."""
+        text_config = self.config.text_config
+        return getattr(text_config, "n_positions", None) or text_config.max_position_embeddings
+
+    def max_prompt_length(self, processor: Any, max_new_tokens: int = 0, max_length: int | None = None) -> int:
+        """
+        Longest encoding the model takes with room for `max_new_tokens` generated tokens after it: the decoder's
+        positions less that room, and never more than `max_length` (default: the processor's).
+        """
+        limit = self.max_positions - max_new_tokens
+        if limit < 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the decoder's {self.max_positions} "
+                "positions."
+            )
+        return min(max_length or processor.max_length, limit)
+
+    def dialogue_inputs(
+        self, processor: Any, dialogues: list[list[dict]], max_new_tokens: int | None = None, **processor_kwargs: Any
+    ) -> BatchFeature:
         """
         The processor's left-padded encoding of `dialogues` on the model's device, with `meme_features` (the bank
-        features of their memes, in reading order) in place of `meme_ids`.
+        features of their memes, in reading order) in place of `meme_ids`. Each dialogue keeps its latest turns that
+        fit `max_prompt_length`: with `add_generation_prompt=True`, room is left for `max_new_tokens` generated
+        tokens (default: the generation config's).
         """
-        inputs = processor(dialogues, padding_side="left", return_tensors="pt", **processor_kwargs)
+        if max_new_tokens is None:
+            max_new_tokens = (
+                self.generation_config.max_new_tokens if processor_kwargs.get("add_generation_prompt") else 0
+            )
+        max_length = self.max_prompt_length(processor, max_new_tokens or 0, processor_kwargs.pop("max_length", None))
+        inputs = processor(
+            dialogues, padding_side="left", return_tensors="pt", max_length=max_length, **processor_kwargs
+        )
         meme_ids = inputs.pop("meme_ids")
         inputs = inputs.to(self.device)
         inputs["meme_features"] = self.lookup_memes(meme_ids) if meme_ids else None
@@ -517,7 +557,9 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         for index, dialogue in enumerate(batch):
             processor.check_memes(dialogue, self.config.meme_bank_ids, dialogue_index=index)
 
-        prompt = self.dialogue_inputs(processor, batch, add_generation_prompt=True)
+        generation_config = generate_kwargs.get("generation_config") or self.generation_config
+        max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
+        prompt = self.dialogue_inputs(processor, batch, max_new_tokens=max_new_tokens, add_generation_prompt=True)
         generated = self.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
         reply_ids = generated[:, prompt["input_ids"].shape[1] :]
         texts = processor.decode_replies(reply_ids)

@@ -7,8 +7,10 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from conftest import DIALOGUES, MEME_IDS, REPO_ROOT
 from PIL import Image
+from test_processor import long_dialogue
 
 import chat
 from pipeline_mod import MemeDialoguePipeline
@@ -93,3 +95,66 @@ def test_chat_cli_in_terminal_session(saved_model):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("MOD-GPT:") == 2 and "error:" in result.stdout
+
+
+# Long histories -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded_lengths(model, monkeypatch):
+    """The prompt lengths `generate` gets, with its `max_new_tokens`, and the largest position the decoder embeds."""
+    recorded = {"prompts": [], "positions": []}
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        recorded["prompts"].append((kwargs["input_ids"].shape[1], kwargs["max_new_tokens"]))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    hook = model.transformer.wpe.register_forward_hook(
+        lambda module, args, output: recorded["positions"].append(int(args[0].max()) + 1)
+    )
+    yield recorded
+    hook.remove()
+
+
+@pytest.mark.parametrize("max_new_tokens", [8, 32])
+def test_long_history_keeps_the_latest_turns_that_fit_the_decoder(model, processor, recorded_lengths, max_new_tokens):
+    history = long_dialogue()  # over 800 tokens, beyond the processor's max_length and the decoder's 256 positions
+    positions = model.config.text_config.n_positions
+    model.usage_head.out_proj.bias.data = torch.tensor([-50.0, 50.0])  # attach a meme: the longest closing pass
+    kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    reply = model.respond(history, processor, **kwargs)
+    pipeline_reply = MemeDialoguePipeline(model=model, processor=processor)(history, **kwargs)
+    assert reply["meme"] is not None and pipeline_reply["meme"] is not None
+    limit = positions - max_new_tokens
+    expected = processor.encode_dialogue(history, add_generation_prompt=True, max_length=limit)["input_ids"]
+    assert recorded_lengths["prompts"] == [(len(expected), max_new_tokens)] * 2
+    assert len(expected) > limit - max(len(processor.encode_dialogue([turn])["input_ids"]) for turn in history)
+    assert max(recorded_lengths["positions"]) <= positions
+
+
+def test_overlong_latest_turn_is_an_error_with_its_numbers(model, processor):
+    long_turn = {"speaker": "speaker1", "text": "好" * 236, "meme": None, "emotion": None}  # 240 tokens, +2 prompt
+    dialogue = [*DIALOGUES[1], long_turn]
+    message = r"dialogue 0, turn 2: 'text' encodes to 242 tokens .*more than max_length=240"
+    with pytest.raises(ValueError, match=message):
+        model.respond(dialogue, processor, max_new_tokens=16)
+    with pytest.raises(ValueError, match=message):
+        MemeDialoguePipeline(model=model, processor=processor)(dialogue, max_new_tokens=16)
+    assert model.respond(dialogue, processor, max_new_tokens=14)["speaker"] == "speaker2"
+
+
+def test_chat_reports_an_overlong_message_and_keeps_the_dialogue(model, processor, monkeypatch):
+    dialogues = []
+    respond = model.respond
+    monkeypatch.setattr(
+        model, "respond", lambda dialogue, *a, **k: dialogues.append(dialogue) or respond(dialogue, *a, **k)
+    )
+    lines = ["你好", "好" * 300, "哈哈哈"]
+    written = []
+    chat.chat(model, processor, {}, lines, write=written.append, max_new_tokens=4)
+    errors = [line for line in written if line.startswith("error:")]
+    assert len(errors) == 1 and "turn 2: 'text' encodes to 306 tokens" in errors[0] and "max_length=252" in errors[0]
+    assert len([line for line in written if line.startswith("MOD-GPT:")]) == 2
+    assert [turn["text"] for turn in dialogues[-1][::2]] == ["你好", "哈哈哈"] and len(dialogues[-1]) == 3

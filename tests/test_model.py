@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DIALOGUES, EMOTIONS, MEME_IDS, tiny_config
 from PIL import Image
+from test_processor import long_dialogue, window_turns
 
 from configuration_mod_gpt import MODGPTConfig
 from modeling_mod_gpt import IGNORE_INDEX, MODGPTForMemeDialogue
@@ -23,13 +24,18 @@ def run(model, processor, dialogues, **encode_kwargs):
     return inputs, model(**model_inputs, meme_features=meme_features)
 
 
-def turn_text_losses(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, speaker_ids) -> list:
-    """Mean next-token loss of each labelled turn of one sequence, in turn order."""
+def turn_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, speaker_ids) -> list:
+    """Next-token losses of the labelled tokens of each labelled turn of one sequence, in turn order."""
     shifted = F.pad(labels[1:], (0, 1), value=IGNORE_INDEX)
     turn_index = torch.isin(input_ids, torch.tensor(speaker_ids)).cumsum(0) - 1
     losses = F.cross_entropy(logits, shifted.clamp(min=0), reduction="none")
     labelled = shifted != IGNORE_INDEX
-    return [losses[labelled & (turn_index == t)].mean() for t in turn_index[labelled].unique().tolist()]
+    return [losses[labelled & (turn_index == t)] for t in turn_index[labelled].unique().tolist()]
+
+
+def turn_text_losses(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, speaker_ids) -> list:
+    """Mean next-token loss of each labelled turn of one sequence, in turn order."""
+    return [losses.mean() for losses in turn_token_losses(logits, input_ids, labels, speaker_ids)]
 
 
 # Config -------------------------------------------------------------------------------------------------------------
@@ -142,6 +148,29 @@ def test_packed_dialogue_matches_per_response_encodings(model, processor):
         torch.testing.assert_close(
             single.meme_predictions[-1], packed.meme_predictions[answer_index], rtol=1e-5, atol=1e-5
         )
+
+
+def test_training_windows_give_each_response_its_per_response_losses(model, processor):
+    """Turn k learned in a window that starts at turn s gets the losses of the per-response view s..k run alone."""
+    dialogue = long_dialogue()
+    windows = processor.encode_windows(dialogue, max_length=64)
+    speakers = [processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]]
+    batch = processor.pad(windows)
+    memes = model.lookup_memes(batch.pop("meme_ids"))
+    outputs = model(**{key: value for key, value in batch.items() if key != "labels"}, meme_features=memes)
+    compared = []
+    for row, (start, new) in enumerate(window_turns(processor, windows)):
+        mask = batch["attention_mask"][row].bool()
+        window_losses = turn_token_losses(
+            outputs.logits[row][mask], batch["input_ids"][row][mask], batch["labels"][row][mask], speakers
+        )
+        assert len(window_losses) == len(new)
+        for turn_index, losses in zip(new, window_losses):
+            inputs, alone = run(model, processor, dialogue[start : turn_index + 1], label_turns="last")
+            (expected,) = turn_token_losses(alone.logits[0], inputs["input_ids"][0], inputs["labels"][0], speakers)
+            torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-5)
+            compared.append(turn_index)
+    assert compared == list(range(1, len(dialogue)))
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -307,6 +336,23 @@ def test_retrieval_ranks_planted_nearest_meme_first(processor, distance):
     assert ranked[0].distances == sorted(ranked[0].distances)
     ranked = model.retrieve_memes(predictions, candidates=[["m1", "m2", "m7"], ["m31", "m3", "m4"]])
     assert [r.meme_ids[0] for r in ranked] == ["m7", "m31"]
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_candidate_sets_of_different_sizes_rank_as_each_alone(processor, distance):
+    model = MODGPTForMemeDialogue(tiny_config(processor, retrieval_distance=distance))
+    bank_ids = [f"m{i}" for i in range(40)]
+    model.add_memes(bank_ids, torch.randn(40, 256))
+    generator = torch.Generator().manual_seed(0)
+    candidates = [[bank_ids[i] for i in torch.randperm(40, generator=generator)[:size]] for size in (10, 11, 11, 10)]
+    predictions = torch.randn(4, 256, generator=generator)
+    for top_k in (None, 3, 11):
+        mixed = model.retrieve_memes(predictions, candidates, top_k=top_k)
+        for prediction, ids, ranking in zip(predictions, candidates, mixed):
+            (alone,) = model.retrieve_memes(prediction[None], [ids], top_k=top_k)
+            assert ranking.meme_ids == alone.meme_ids and len(ranking.meme_ids) == min(top_k or 11, len(ids))
+            torch.testing.assert_close(torch.tensor(ranking.distances), torch.tensor(alone.distances))
+            assert set(ranking.meme_ids) <= set(ids) and ranking.distances == sorted(ranking.distances)
 
 
 def test_meme_added_from_image_becomes_candidate(model):
