@@ -3,8 +3,9 @@
     accelerate launch train.py --dataset demo_output/data --output_dir demo_output/model --model_config tiny
     python train.py args.yaml          # the same arguments from a YAML or JSON file
 
-Every dialogue is one packed sequence (history turns and their responses at once); batches are length-grouped and
-padded per batch. Everything distributed goes through `Accelerator`.
+Every dialogue is one packed sequence (history turns and their responses at once), or, when longer than
+--max_length, a few windows of whole turns that each learn new responses; batches are length-grouped and padded per
+batch. Everything distributed goes through `Accelerator`.
 """
 
 import json
@@ -97,7 +98,13 @@ class TrainArguments:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    max_length: int = field(default=500, metadata={"help": "Longest packed dialogue; old turns are dropped to fit."})
+    max_length: int = field(
+        default=500,
+        metadata={
+            "help": "Longest training sequence (at most the decoder's positions); a longer dialogue is cut into "
+            "windows of whole turns that each learn new responses."
+        },
+    )
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16'."})
     gradient_checkpointing: bool = False
     seed: int = 42
@@ -132,7 +139,12 @@ def emotion_names(dialogues: datasets.DatasetDict) -> list[str]:
 
 
 def encode_split(split: datasets.Dataset, processor: MODProcessor, max_length: int) -> list[dict[str, list]]:
-    return [processor.encode_dialogue(row["turns"], index, max_length=max_length) for index, row in enumerate(split)]
+    """The training examples of a split: every window of every dialogue (one window when the dialogue fits)."""
+    return [
+        window
+        for index, row in enumerate(split)
+        for window in processor.encode_windows(row["turns"], index, max_length=max_length)
+    ]
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
@@ -582,6 +594,10 @@ def train(args: TrainArguments) -> dict[str, float]:
     dialogues, memes = load_splits(args.dataset)
     processor = build_processor(args, dialogues)
     model = build_model(args, processor, emotion_names(dialogues))
+    if args.max_length > model.max_positions:
+        raise ArgumentError(
+            f"--max_length {args.max_length} is more than the {model.max_positions} positions of the decoder."
+        )
     fill_meme_bank(model, processor, memes)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

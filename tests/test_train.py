@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import run_script
@@ -189,6 +190,7 @@ def test_resolve_checkpoint_ignores_folders_without_marker(tmp_path):
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "not a complete checkpoint folder"),
         (["--resume_from_checkpoint", "latest"], "no complete checkpoint"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--model_config", "tiny", "--max_length", "600"], "--max_length 600 is more than the 512 positions"),
     ],
 )
 def test_bad_arguments_exit_with_a_clear_message(sample_dataset, tmp_path, args, message):
@@ -196,6 +198,17 @@ def test_bad_arguments_exit_with_a_clear_message(sample_dataset, tmp_path, args,
     result = run_train(*base, *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_examples_learn_every_response_of_long_dialogues_once(sample_dataset):
+    dialogues = datasets.load_dataset(str(sample_dataset), "dialogues")
+    args = train.TrainArguments(dataset=str(sample_dataset), output_dir="unused", max_length=48)
+    processor = train.build_processor(args, dialogues)
+    for split in ("train", "validation"):
+        examples = train.encode_split(dialogues[split], processor, args.max_length)
+        assert len(examples) > len(dialogues[split]) and max(len(e["input_ids"]) for e in examples) <= 48
+        learned = sum(example["labels"].count(processor.token_ids["[EOS]"]) for example in examples)
+        assert learned == sum(len(turns) - 1 for turns in dialogues[split]["turns"])
 
 
 def test_help_through_accelerate_launch():
