@@ -547,7 +547,8 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         """
         Answer one dialogue (a list of turns) or a batch of them: generate the reply text with `generate`, decide
         with the usage head whether to attach a meme, pick it by retrieval over the meme bank (or the given
-        candidate ids) and predict its emotion. Returns, per dialogue, `{"speaker", "text", "meme", "emotion",
+        candidate ids) and predict its emotion. The prompt keeps the latest turns that fit the decoder with room for
+        `max_new_tokens` (see `max_prompt_length`); a latest turn that cannot fit is a `ValueError`. Returns, per dialogue, `{"speaker", "text", "meme", "emotion",
         "meme_scores"}` where `meme_scores` lists the `top_k` nearest memes with their distances.
         """
         single = bool(dialogues) and isinstance(dialogues[0], dict)

@@ -92,7 +92,8 @@ class MODProcessor(ProcessorMixin):
         image_processor ([`MemeImageProcessor`]): turns meme images into the encoder's `pixel_values`.
         tokenizer ([`BertTokenizer`]): character-level for Chinese, WordPiece for other text, holding the special
             tokens `[BOS] [EOS] [PAD] [speaker1] [speaker2] [IMG] [TAG]`.
-        max_length (`int`, *optional*, defaults to 500): longest encoding; older turns are dropped whole to fit.
+        max_length (`int`, *optional*, defaults to 500): longest encoding; older turns are dropped whole to fit, or,
+            for training (`encode_windows`), a longer dialogue is cut into windows of whole turns.
         emotion_names (`list[str]`, *optional*): emotion names by id, so turns may give `emotion` as a name.
     """
 
