@@ -283,11 +283,9 @@ def retrieval_rows(split: str, retrieval: dict) -> list[tuple[str, dict]]:
 def print_tables(results: dict[str, dict]) -> None:
     for split, result in results.items():
         if not result["annotated"]:
-            written = (
-                f"its submission files are in {result['submission']}"
-                if "submission" in result
-                else ("--write-submission writes its predictions")
-            )
+            written = "--write-submission writes its predictions"
+            if "submission" in result:
+                written = f"its submission files are in {result['submission']}"
             print(f"\n{split}: no gold answers (a blank test release), so it is not scored; {written}.")
     scored = {split: result for split, result in results.items() if result["annotated"]}
     if not scored:
@@ -361,6 +359,8 @@ def is_annotated(configs: dict[str, datasets.DatasetDict], split: str) -> bool:
     answered = {}
     for view in VIEWS:
         rows = configs[view][split]
+        if not len(rows):
+            raise ValueError(f"split {split!r} has no instances in the {view!r} view.")
         blank = [row_id for row_id, answer in zip(rows["id"], rows["answer"]) if answer is None]
         if 0 < len(blank) < len(rows):
             raise ValueError(
@@ -420,12 +420,11 @@ def evaluate(args) -> dict[str, dict]:
     seen = dict(zip(memes["meme_id"], memes["seen"]))
     results = {}
     for split in splits:
+        results[split] = {"annotated": annotated[split]}
         if not annotated[split] and not args.write_submission:
-            results[split] = {"annotated": False}
-            continue
+            continue  # nothing to score, nothing to write
         views = split_views(configs, split, args.limit)
         predicted = predict(model, processor, views, args)
-        results[split] = {"annotated": annotated[split]}
         if args.write_submission:
             write_submission(Path(args.write_submission), split, views, predicted)
             results[split]["submission"] = args.write_submission

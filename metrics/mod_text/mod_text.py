@@ -73,17 +73,17 @@ def bleu_weights(order: int) -> tuple[float, ...]:
 
 
 def official_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> dict[str, float]:
-    scores = {}
+    corpus, sentence = {}, {}
     for order in ORDERS:
         weights = bleu_weights(order)
-        corpus = corpus_bleu([[ref] for ref in references], hypotheses, weights=weights, smoothing_function=SMOOTHING)
-        sentences = [
+        score = corpus_bleu([[ref] for ref in references], hypotheses, weights=weights, smoothing_function=SMOOTHING)
+        scores = [
             sentence_bleu([ref], hyp, weights=weights, smoothing_function=SMOOTHING)
             for hyp, ref in zip(hypotheses, references)
         ]
-        scores[f"bleu-{order}"] = 100.0 * corpus
-        scores[f"sentence-bleu-{order}"] = 100.0 * sum(sentences) / len(sentences)
-    return scores
+        corpus[f"bleu-{order}"] = 100.0 * score
+        sentence[f"sentence-bleu-{order}"] = 100.0 * sum(scores) / len(scores)
+    return {**corpus, **sentence}
 
 
 def distinct_n(token_lists: list[list[str]], n: int) -> float:
