@@ -358,9 +358,9 @@ def is_annotated(configs: dict[str, datasets.DatasetDict], split: str) -> bool:
     """Whether the split has gold answers. Every answer is given (scored), or none (a blank release, not scored)."""
     answered = {}
     for view in VIEWS:
-        rows = configs[view][split]
-        if not len(rows):
+        if split not in configs[view] or not len(configs[view][split]):
             raise ValueError(f"split {split!r} has no instances in the {view!r} view.")
+        rows = configs[view][split]
         blank = [row_id for row_id, answer in zip(rows["id"], rows["answer"]) if answer is None]
         if 0 < len(blank) < len(rows):
             raise ValueError(

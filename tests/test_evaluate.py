@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from conftest import DIALOGUES, run_script
 
 import evaluate_mod
@@ -147,6 +148,18 @@ def rewrite_view(dataset: Path, view: str, split: str, rewrite) -> None:
         pq.write_table(rewrite(pq.read_table(path)), path)
 
 
+def drop_splits(dataset: Path, splits: set[str], configs: set[str] | None = None) -> None:
+    """Remove splits from the dataset card's configs (all of them, or those named), as if the release lacked them."""
+    card = dataset / "README.md"
+    _, header, body = card.read_text(encoding="utf-8").split("---\n", 2)
+    metadata = yaml.safe_load(header)
+    for config in metadata["configs"]:
+        if configs is None or config["config_name"] in configs:
+            config["data_files"] = [files for files in config["data_files"] if files["split"] not in splits]
+    header = yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False)
+    card.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
+
+
 def blank_answers(keep_first: int = 0):
     def rewrite(table: pa.Table) -> pa.Table:
         field = table.schema.field("answer")
@@ -202,6 +215,13 @@ def test_a_view_with_answered_and_blank_rows_is_an_error(sample_dataset, tmp_pat
         evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
 
 
+def test_a_split_missing_from_one_view_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    drop_splits(dataset, {"easy_test"}, configs={"emotion"})
+    with pytest.raises(ValueError, match="split 'easy_test' has no instances in the 'emotion' view"):
+        evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
+
+
 def test_a_missing_split_is_named_with_the_splits_the_dataset_has(sample_dataset, no_model_loading):
     with pytest.raises(ValueError, match=r"\['test'\] are not in the dataset .*\['train', 'validation', 'easy_test'"):
         evaluate_mod.main(["--model", "unused", "--dataset", str(sample_dataset), "--split", "test"])
@@ -209,10 +229,7 @@ def test_a_missing_split_is_named_with_the_splits_the_dataset_has(sample_dataset
 
 def test_without_test_splits_the_default_is_validation(sample_dataset, tmp_path, fresh_cache, capsys):
     dataset = copy_dataset(sample_dataset, tmp_path)
-    card = dataset / "README.md"  # a train/validation release: no test split in any config
-    card.write_text(
-        re.sub(r"  - split: \w+_test\n    path: .*\n", "", card.read_text(encoding="utf-8")), encoding="utf-8"
-    )
+    drop_splits(dataset, {"easy_test", "hard_test"})  # a train/validation release
     configs = evaluate_mod.load_configs(str(dataset))
     assert evaluate_mod.choose_splits(None, configs, str(dataset)) == ["validation"]
     assert "has no test split: evaluating its 'validation' split" in capsys.readouterr().out
