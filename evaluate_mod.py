@@ -3,13 +3,16 @@
     python evaluate_mod.py --model demo_output/model --dataset demo_output/data --output results.json
     python evaluate_mod.py --model ... --dataset ... --split hard_test --write-submission submission/
 
-Text replies are sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed seed, in padded
-batches through `generate` with its KV cache.
+By default every test split of the dataset is evaluated (the validation split when it has none). Text replies are
+sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed seed, in padded batches through
+`generate` with its KV cache. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
+results also keep their sentence-averaged BLEU and sacrebleu's figures (see metrics/mod_text). A split without gold
+answers (the challenge's test release) is not scored: with --write-submission its predictions are written in the
+release's layout, ready to submit.
 """
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,25 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from metrics import load_metric
 from mod_dataset.release import TASK_SPLITS
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
 
-SPLITS = ("easy_test", "hard_test")
+TEST_SPLITS = ("easy_test", "hard_test")
+FALLBACK_SPLIT = "validation"
+VIEWS = ("response", "retrieval", "emotion")
 RT_CUTOFF = 5  # RT@5: the gold meme among the 5 nearest of all memes
+EMOTION_KS = (1, 5)  # Table 7 reports top-5 accuracy; clipped to the number of emotions the model predicts
 IGNORE_INDEX = -100
+# Each task file of a submission: the view its instances come from, and the prediction its answer holds.
+TASK_PREDICTIONS = {
+    "task1": ("response", "replies"),
+    "task2": ("retrieval", "ranked"),
+    "task3": ("emotion", "emotions"),
+}
+ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
 
 
 def batched(rows: list, size: int, description: str):
@@ -34,13 +47,33 @@ def batched(rows: list, size: int, description: str):
         yield rows[start : start + size]
 
 
-def answer_turn(row: dict, **content: Any) -> dict:
-    turn = {"speaker": row["speaker"], "text": None, "meme": None, "emotion": None}
-    turn.update(content)
-    return turn
+def reply_turn(row: dict, text: str) -> dict:
+    """The answering speaker's text turn that closes the history of `row`."""
+    return {"speaker": row["speaker"], "text": text, "meme": None, "emotion": None}
+
+
+def at_last(inputs: dict, token_id: int, head_outputs: torch.Tensor) -> torch.Tensor:
+    """The rows of a head's outputs (one per `token_id` token, in reading order) at each dialogue's last one."""
+    return head_outputs[last_per_row(inputs["input_ids"] == token_id)]
 
 
 # Table 4: text ------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_replies(model, processor, rows: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
+    replies = []
+    for chunk in batched(rows, batch_size, "generation"):
+        prompt = model.dialogue_inputs(processor, [row["history"] for row in chunk], add_generation_prompt=True)
+        generated = model.generate(
+            **{key: prompt[key] for key in DIALOGUE_INPUTS},
+            do_sample=True,
+            top_p=0.9,
+            temperature=0.7,
+            max_new_tokens=max_new_tokens,
+        )
+        replies += processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
+    return replies
 
 
 @torch.no_grad()
@@ -48,7 +81,7 @@ def response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[l
     """Summed negative log-likelihood and token count of each gold response (its text and [EOS])."""
     nll_sums, counts = [], []
     for chunk in batched(rows, batch_size, "perplexity"):
-        dialogues = [row["history"] + [answer_turn(row, text=row["answer"])] for row in chunk]
+        dialogues = [row["history"] + [reply_turn(row, row["answer"])] for row in chunk]
         inputs, outputs = model.run_dialogues(processor, dialogues, label_turns="last")
         targets = inputs["labels"][:, 1:]
         nll = F.cross_entropy(
@@ -59,62 +92,48 @@ def response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[l
     return nll_sums, counts
 
 
-@torch.no_grad()
-def generate_replies(model, processor, rows: list[dict], batch_size: int, **generate_kwargs) -> list[str]:
-    replies = []
-    for chunk in batched(rows, batch_size, "generation"):
-        prompt = model.dialogue_inputs(processor, [row["history"] for row in chunk], add_generation_prompt=True)
-        generated = model.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
-        replies += processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
-    return replies
-
-
-def text_table(model, processor, rows: list[dict], args) -> tuple[dict[str, float], list[str]]:
-    nll_sums, counts = response_nll(model, processor, rows, args.batch_size)
-    torch.manual_seed(args.seed)
-    replies = generate_replies(
-        model,
-        processor,
-        rows,
-        args.batch_size,
-        do_sample=True,
-        top_p=0.9,
-        temperature=0.7,
-        max_new_tokens=args.max_new_tokens,
+def text_scores(model, processor, rows: list[dict], replies: list[str], batch_size: int) -> dict[str, float]:
+    nll_sums, counts = response_nll(model, processor, rows, batch_size)
+    references = [row["answer"] for row in rows]
+    return load_metric("mod_text").compute(
+        predictions=replies, references=references, nll_sums=nll_sums, token_counts=counts
     )
-    scores = load_metric("mod_text").compute(
-        predictions=replies, references=[row["answer"] for row in rows], nll_sums=nll_sums, token_counts=counts
-    )
-    return scores, replies
 
 
 # Table 5: retrieval -------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
+def reply_meme_predictions(model, processor, rows: list[dict], batch_size: int) -> torch.Tensor:
+    """
+    The meme feature predicted for each reply, read where training reads it: at the [TAG] closing the reply's text
+    turn (an empty text for a meme-only reply), appended to the history.
+    """
+    predictions = []
+    for chunk in batched(rows, batch_size, "retrieval"):
+        dialogues = [row["history"] + [reply_turn(row, row["answer_text"] or "")] for row in chunk]
+        inputs, outputs = model.run_dialogues(processor, dialogues)
+        predictions.append(at_last(inputs, model.config.tag_token_id, outputs.meme_predictions))
+    return torch.cat(predictions)
+
+
 def rank_memes(model, processor, rows: list[dict], batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
     """For each instance: its official candidates ranked, and the `RT_CUTOFF` nearest memes of the whole bank."""
-    ranked_candidates, ranked_all = [], []
-    for chunk in batched(rows, batch_size, "retrieval"):
-        # A meme-only answer is read at the [TAG] closing its empty text, as `respond` does for a reply.
-        dialogues = [row["history"] + [answer_turn(row, text=row["answer_text"] or "")] for row in chunk]
-        inputs, outputs = model.run_dialogues(processor, dialogues)
-        predictions = outputs.meme_predictions[last_per_row(inputs["input_ids"] == model.config.tag_token_id)]
-        ranked_candidates += [
-            r.meme_ids for r in model.retrieve_memes(predictions, [row["candidates"] for row in chunk])
-        ]
-        ranked_all += [r.meme_ids for r in model.retrieve_memes(predictions, top_k=RT_CUTOFF)]
-    return ranked_candidates, ranked_all
+    predictions = reply_meme_predictions(model, processor, rows, batch_size)
+    ranked = model.retrieve_memes(predictions, [row["candidates"] for row in rows])
+    nearest = model.retrieve_memes(predictions, top_k=RT_CUTOFF)
+    return [r.meme_ids for r in ranked], [r.meme_ids for r in nearest]
 
 
-def retrieval_table(model, processor, rows: list[dict], seen: dict[str, bool], batch_size: int) -> dict[str, Any]:
-    ranked_candidates, ranked_all = rank_memes(model, processor, rows, batch_size)
+def retrieval_scores(
+    rows: list[dict], ranked: list[list[str]], nearest: list[list[str]], seen: dict[str, bool]
+) -> dict[str, Any]:
     gold = [row["answer"] for row in rows]
     groups = ["seen" if seen.get(meme, True) else "unseen" for meme in gold]
     metric = load_metric("mod_retrieval")
-    scores = metric.compute(predictions=ranked_candidates, references=gold, ks=[1, 2, 5], prefix="R10", groups=groups)
-    overall = metric.compute(predictions=ranked_all, references=gold, ks=[RT_CUTOFF], prefix="RT", groups=groups)
-    return merge_scores(scores, overall), ranked_candidates
+    scores = metric.compute(predictions=ranked, references=gold, ks=[1, 2, 5], prefix="R10", groups=groups)
+    overall = metric.compute(predictions=nearest, references=gold, ks=[RT_CUTOFF], prefix="RT", groups=groups)
+    return merge_scores(scores, overall)
 
 
 def merge_scores(first: dict, second: dict) -> dict:
@@ -133,6 +152,10 @@ def merge_scores(first: dict, second: dict) -> dict:
 
 @torch.no_grad()
 def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int) -> dict[str, float]:
+    """
+    The usage decision at every [TAG] from each dialogue's second turn on, the turns the processor labels: the
+    dataset's dialogues hold only turns whose meme use the release states. `count` says how many were scored.
+    """
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
         inputs, outputs = model.run_dialogues(processor, chunk)
@@ -143,15 +166,52 @@ def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int)
     return load_metric("mod_usage").compute(predictions=predictions, references=references)
 
 
+def emotion_ks(num_emotions: int) -> list[int]:
+    """The cut-offs of Table 7 that a model predicting `num_emotions` emotions has."""
+    return sorted({min(k, num_emotions) for k in EMOTION_KS})
+
+
 @torch.no_grad()
-def emotion_table(model, processor, rows: list[dict], batch_size: int) -> tuple[dict[str, float], list[list[int]]]:
-    top5 = []
+def rank_emotions(model, processor, rows: list[dict], batch_size: int) -> list[list[int]]:
+    """The most likely emotion ids of the meme in each history's last turn (as many as the largest cut-off)."""
+    top_k = emotion_ks(model.config.num_emotions)[-1]
+    ranked = []
     for chunk in batched(rows, batch_size, "emotion"):
         inputs, outputs = model.run_dialogues(processor, [row["history"] for row in chunk])
-        last_image = last_per_row(inputs["input_ids"] == model.config.image_token_id)
-        top5 += outputs.emotion_logits[last_image].topk(5, dim=-1).indices.tolist()
+        logits = at_last(inputs, model.config.image_token_id, outputs.emotion_logits)
+        ranked += logits.topk(top_k, dim=-1).indices.tolist()
+    return ranked
+
+
+def emotion_scores(rows: list[dict], ranked: list[list[int]], ks: list[int]) -> dict[str, Any]:
     references = [row["answer"] for row in rows]
-    return load_metric("mod_emotion").compute(predictions=top5, references=references, ks=[1, 5]), top5
+    return {**load_metric("mod_emotion").compute(predictions=ranked, references=references, ks=ks), "ks": ks}
+
+
+# One split: predictions, then scores --------------------------------------------------------------------------------
+
+
+def predict(model, processor, views: dict[str, list[dict]], args) -> dict[str, list]:
+    """What the submission files hold (replies, ranked candidates, ranked emotions), and the nearest memes."""
+    torch.manual_seed(args.seed)
+    replies = generate_replies(model, processor, views["response"], args.batch_size, args.max_new_tokens)
+    ranked, nearest = rank_memes(model, processor, views["retrieval"], args.batch_size)
+    emotions = rank_emotions(model, processor, views["emotion"], args.batch_size)
+    return {"replies": replies, "ranked": ranked, "nearest": nearest, "emotions": emotions}
+
+
+def score(model, processor, views: dict[str, list[dict]], predicted: dict, seen: dict, batch_size: int) -> dict:
+    samples = [
+        {"history": row["history"][-2:], "reference": row["answer"], "reply": reply}
+        for row, reply in list(zip(views["response"], predicted["replies"]))[:3]
+    ]
+    return {
+        "text": text_scores(model, processor, views["response"], predicted["replies"], batch_size),
+        "retrieval": retrieval_scores(views["retrieval"], predicted["ranked"], predicted["nearest"], seen),
+        "usage": usage_scores(model, processor, views["dialogues"], batch_size),
+        "emotion": emotion_scores(views["emotion"], predicted["emotions"], emotion_ks(model.config.num_emotions)),
+        "samples": samples,
+    }
 
 
 # Submission files ---------------------------------------------------------------------------------------------------
@@ -169,121 +229,227 @@ def release_turn(turn: dict) -> dict:
     return out
 
 
-def write_submission(folder: Path, split: str, views: dict[str, list[dict]], outputs: dict[str, list]) -> None:
+def release_history(row: dict) -> list[dict]:
+    """The instance's history as the release lays it out: for task 2, the reply's text is its last turn."""
+    history = [release_turn(turn) for turn in row["history"]]
+    if row.get("answer_text") is not None:
+        history.append(release_turn(reply_turn(row, row["answer_text"])))
+    return history
+
+
+def submission_instances(task: str, rows: list[dict], predictions: list) -> list[dict]:
+    instances = []
+    for row, prediction in zip(rows, predictions):
+        speaker = f"[{row['speaker']}]"
+        instance = {"history": release_history(row)}
+        if task == "task2":  # the release's README asks for the ranked candidates
+            instance["candidate"] = {"speaker_id": speaker, "set": prediction}
+        instance["answer"] = {"speaker_id": speaker, ANSWER_FIELDS[task]: prediction}
+        instances.append(instance)
+    return instances
+
+
+def write_submission(folder: Path, split: str, views: dict[str, list[dict]], predicted: dict[str, list]) -> None:
+    """The three task files of `split` under the release's own names (c_test_easy_task1.json, ...), answers filled."""
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = f"c_{TASK_SPLITS[split]}"  # the release's own file names: c_test_easy_task1.json, ...
-    task1 = [
-        {
-            "history": [release_turn(t) for t in row["history"]],
-            "answer": {"speaker_id": f"[{row['speaker']}]", "txt": reply},
-        }
-        for row, reply in zip(views["response"], outputs["replies"])
-    ]
-    task2 = [
-        {
-            "history": [release_turn(t) for t in row["history"]],
-            "candidate": {"speaker_id": f"[{row['speaker']}]", "set": ranked},
-            "answer": {"speaker_id": f"[{row['speaker']}]", "img_id": ranked[0]},
-        }
-        for row, ranked in zip(views["retrieval"], outputs["ranked"])
-    ]
-    task3 = [
-        {
-            "history": [release_turn(t) for t in row["history"]],
-            "answer": {"speaker_id": f"[{row['speaker']}]", "emotion_id": top},
-        }
-        for row, top in zip(views["emotion"], outputs["top5"])
-    ]
-    for task, instances in (("task1", task1), ("task2", task2), ("task3", task3)):
-        path = folder / f"{prefix}_{task}.json"
+    for task, (view, predictions) in TASK_PREDICTIONS.items():
+        instances = submission_instances(task, views[view], predicted[predictions])
+        path = folder / f"c_{TASK_SPLITS[split]}_{task}.json"
         path.write_text(json.dumps(instances, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 # Tables -------------------------------------------------------------------------------------------------------------
 
 
-def fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+def print_table(title: str, header: list[str], rows: list[tuple[str, list[str]]]) -> None:
+    width = max(len(name) for name, _ in [("split", []), *rows])
+    print(f"\n{title}")
+    print(f"{'split':<{width}} " + " ".join(f"{name:>8}" for name in header))
+    for name, cells in rows:
+        print(f"{name:<{width}} " + " ".join(f"{cell:>8}" for cell in cells))
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def retrieval_rows(split: str, retrieval: dict) -> list[tuple[str, dict]]:
+    """One row per split, or one per group of target memes where the split has unseen ones (the hard test)."""
+    if "unseen" not in retrieval:
+        return [(split, retrieval)]
+    return [(f"{split} ({group})", retrieval.get(group, {})) for group in ("seen", "unseen")]
 
 
 def print_tables(results: dict[str, dict]) -> None:
-    print("\nTable 4: text response (per character)")
-    print(f"{'split':<10} {'PPL':>8} {'BLEU-2':>8} {'BLEU-4':>8} {'Dist-1':>8} {'Dist-2':>8}")
     for split, result in results.items():
-        t = result["text"]
-        print(
-            f"{split:<10} {fmt(t['perplexity']):>8} {fmt(t['bleu-2']):>8} {fmt(t['bleu-4']):>8} {fmt(t['dist-1']):>8} {fmt(t['dist-2']):>8}"
+        if not result["annotated"]:
+            written = "--write-submission writes its predictions"
+            if "submission" in result:
+                written = f"its submission files are in {result['submission']}"
+            print(f"\n{split}: no gold answers (a blank test release), so it is not scored; {written}.")
+    scored = {split: result for split, result in results.items() if result["annotated"]}
+    if not scored:
+        return
+    print_table(
+        "Table 4: text response, per character (BLEU: the organisers' nltk corpus BLEU, method1 smoothing)",
+        ["PPL", "BLEU-2", "BLEU-4", "Dist-1", "Dist-2"],
+        [
+            (split, [f"{r['text'][name]:.2f}" for name in ("perplexity", "bleu-2", "bleu-4", "dist-1", "dist-2")])
+            for split, r in scored.items()
+        ],
+    )
+    print_table(
+        "Table 5: meme retrieval (R10@k over the official candidates, RT@5 over all memes), in %",
+        ["R10@1", "R10@2", "R10@5", "RT@5", "MAP"],
+        [
+            (name, [percent(scores.get(key)) for key in ("R10@1", "R10@2", "R10@5", "RT@5", "MAP")])
+            for split, r in scored.items()
+            for name, scores in retrieval_rows(split, r["retrieval"])
+        ],
+    )
+    print_table(
+        "Meme usage (every response whose meme use the release states), in %",
+        ["accuracy", "F1", "count"],
+        [
+            (split, [percent(r["usage"]["accuracy"]), percent(r["usage"]["f1"]), str(r["usage"]["count"])])
+            for split, r in scored.items()
+        ],
+    )
+    ks = next(iter(scored.values()))["emotion"]["ks"]
+    print_table(
+        "Table 7: emotion of the used meme, in %",
+        [f"top-{k}" for k in ks],
+        [(split, [percent(r["emotion"][f"accuracy@{k}"]) for k in ks]) for split, r in scored.items()],
+    )
+
+
+# Start-up checks and data -------------------------------------------------------------------------------------------
+
+
+def load_configs(dataset: str) -> dict[str, datasets.DatasetDict]:
+    return {name: datasets.load_dataset(dataset, name) for name in (*VIEWS, "dialogues", "memes")}
+
+
+def choose_splits(requested: list[str] | None, configs: dict[str, datasets.DatasetDict], dataset: str) -> list[str]:
+    """The requested splits, which the dataset must have; by default its test splits."""
+    available = [split for split, rows in configs["response"].items() if len(rows)]
+    if requested is None:
+        return default_splits(available, dataset)
+    missing = [split for split in requested if split not in available]
+    if missing:
+        raise ValueError(f"Split(s) {missing} are not in the dataset {dataset}, whose splits are {available}.")
+    return requested
+
+
+def default_splits(available: list[str], dataset: str) -> list[str]:
+    """The test splits of the dataset, or its validation split (with a note) when it has none."""
+    tests = [split for split in TEST_SPLITS if split in available]
+    if tests:
+        return tests
+    if FALLBACK_SPLIT not in available:
+        raise ValueError(
+            f"The dataset {dataset} has neither test splits nor {FALLBACK_SPLIT!r}: its splits are {available}."
         )
-    print("\nTable 5: meme retrieval (R10@k over the official 10 candidates, RT@5 over all memes), in %")
-    print(f"{'split':<18} {'R10@1':>7} {'R10@2':>7} {'R10@5':>7} {'RT@5':>7} {'MAP':>7}")
-    for split, result in results.items():
-        retrieval = result["retrieval"]
-        rows = [(split, retrieval)]
-        if split == "hard_test":
-            rows = [(f"{split} (seen)", retrieval.get("seen", {})), (f"{split} (unseen)", retrieval.get("unseen", {}))]
-        for name, scores in rows:
-            cells = [scores.get(k) for k in ("R10@1", "R10@2", "R10@5", "RT@5", "MAP")]
-            print(f"{name:<18} " + " ".join(f"{fmt(None if c is None else 100 * c):>7}" for c in cells))
-    print("\nMeme usage")
-    print(f"{'split':<10} {'accuracy':>9} {'F1':>7}")
-    for split, result in results.items():
-        usage = result["usage"]
-        print(f"{split:<10} {fmt(100 * usage['accuracy']):>9} {fmt(100 * usage['f1']):>7}")
-    print("\nTable 7: emotion of the used meme, in %")
-    print(f"{'split':<10} {'top-1':>7} {'top-5':>7}")
-    for split, result in results.items():
-        emotion = result["emotion"]
-        print(f"{split:<10} {fmt(100 * emotion['accuracy@1']):>7} {fmt(100 * emotion['accuracy@5']):>7}")
+    print(f"The dataset {dataset} has no test split: evaluating its {FALLBACK_SPLIT!r} split.")
+    return [FALLBACK_SPLIT]
 
 
-def load_views(dataset: str, split: str) -> dict[str, list[dict]]:
-    views = {
-        name: datasets.load_dataset(dataset, name, split=split).to_list()
-        for name in ("response", "retrieval", "emotion")
-    }
-    views["dialogues"] = [row["turns"] for row in datasets.load_dataset(dataset, "dialogues", split=split)]
+def is_annotated(configs: dict[str, datasets.DatasetDict], split: str) -> bool:
+    """Whether the split has gold answers. Every answer is given (scored), or none (a blank release, not scored)."""
+    answered = {}
+    for view in VIEWS:
+        if split not in configs[view] or not len(configs[view][split]):
+            raise ValueError(f"split {split!r} has no instances in the {view!r} view.")
+        rows = configs[view][split]
+        blank = [row_id for row_id, answer in zip(rows["id"], rows["answer"]) if answer is None]
+        if 0 < len(blank) < len(rows):
+            raise ValueError(
+                f"split {split!r}, view {view!r}: {len(blank)} of {len(rows)} rows have no answer (e.g. {blank[:3]}) "
+                "while the others have one; a split must be fully annotated or fully blank."
+            )
+        answered[view] = not blank
+    if len(set(answered.values())) > 1:
+        raise ValueError(f"split {split!r}: some views have gold answers and others none ({answered}).")
+    return all(answered.values())
+
+
+def check_emotions(config, dataset_emotions: list[str]) -> None:
+    """The model's emotion ids must mean what the dataset's mean."""
+    model_emotions = config.emotion_names
+    if model_emotions is None and config.num_emotions == len(dataset_emotions):
+        return
+    if model_emotions is None or list(model_emotions) != list(dataset_emotions):
+        raise ValueError(
+            f"The model's emotions (model.config.emotion_names = {model_emotions}, num_emotions = "
+            f"{config.num_emotions}) differ from the dataset's (its emotion labels: {dataset_emotions})."
+        )
+
+
+def split_views(configs: dict[str, datasets.DatasetDict], split: str, limit: int | None) -> dict[str, list[dict]]:
+    def rows(name: str) -> datasets.Dataset:
+        dataset = configs[name][split]
+        return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+
+    views = {name: rows(name).to_list() for name in VIEWS}
+    views["dialogues"] = [row["turns"] for row in rows("dialogues")]
     return views
 
 
-def evaluate(args) -> dict[str, dict]:
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    memes = next(iter(datasets.load_dataset(args.dataset, "memes").values()))
+def load_model(model_name: str, config, memes: datasets.Dataset):
+    """The model and processor, with the dataset's memes added to the bank (unseen ones enter through the encoder)."""
+    model = AutoModel.from_pretrained(model_name, config=config, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
     new = [i for i, meme in enumerate(memes["meme_id"]) if meme not in set(model.meme_bank_ids)]
-    if new:  # memes the model never saw become candidates through its encoder
+    if new:
         rows = memes.select(new)
         model.add_memes(rows["meme_id"], pixel_values=processor.image_processor(rows["image"])["pixel_values"])
+    return model, processor
+
+
+def evaluate(args) -> dict[str, dict]:
+    configs = load_configs(args.dataset)
+    splits = choose_splits(args.split, configs, args.dataset)
+    annotated = {split: is_annotated(configs, split) for split in splits}
+    if args.write_submission and any(split not in TASK_SPLITS for split in splits):
+        raise ValueError(f"--write-submission: the release has task files for the splits {list(TASK_SPLITS)} only.")
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+    check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
+
+    memes = next(iter(configs["memes"].values()))
+    model, processor = load_model(args.model, config, memes)
     seen = dict(zip(memes["meme_id"], memes["seen"]))
     results = {}
-    for split in args.split:
-        views = load_views(args.dataset, split)
-        if args.limit:
-            views = {name: rows[: args.limit] for name, rows in views.items()}
-        text, replies = text_table(model, processor, views["response"], args)
-        retrieval, ranked = retrieval_table(model, processor, views["retrieval"], seen, args.batch_size)
-        emotion, top5 = emotion_table(model, processor, views["emotion"], args.batch_size)
-        usage = usage_scores(model, processor, views["dialogues"], args.batch_size)
-        results[split] = {"text": text, "retrieval": retrieval, "usage": usage, "emotion": emotion}
-        results[split]["samples"] = [
-            {"history": row["history"][-2:], "reference": row["answer"], "reply": reply}
-            for row, reply in list(zip(views["response"], replies))[:3]
-        ]
+    for split in splits:
+        results[split] = {"annotated": annotated[split]}
+        if not annotated[split] and not args.write_submission:
+            continue  # nothing to score, nothing to write
+        views = split_views(configs, split, args.limit)
+        predicted = predict(model, processor, views, args)
         if args.write_submission:
-            outputs = {"replies": replies, "ranked": ranked, "top5": top5}
-            write_submission(Path(args.write_submission), split, views, outputs)
+            write_submission(Path(args.write_submission), split, views, predicted)
+            results[split]["submission"] = args.write_submission
+        if annotated[split]:
+            results[split].update(score(model, processor, views, predicted, seen, args.batch_size))
     return results
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="A saved MOD-GPT folder or hub id.")
     parser.add_argument("--dataset", required=True, help="A built MOD dataset folder or hub id.")
-    parser.add_argument("--split", nargs="+", default=list(SPLITS), help="Splits to evaluate.")
+    parser.add_argument("--split", nargs="+", help="Splits to evaluate (default: the dataset's test splits).")
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--write-submission", dest="write_submission", help="Write DSTC10 task 1/2/3 files here.")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--limit", type=int, help="Evaluate only the first N instances of each view.")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=32)
+    parser.add_argument("--limit", type=positive_int, help="Evaluate only the first N instances of each view.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()

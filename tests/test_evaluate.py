@@ -1,31 +1,53 @@
-"""evaluate_mod.py on a model trained on the sample: the paper's tables, their JSON, and the submission files."""
+"""evaluate_mod.py: the paper's tables, their JSON and the submission files, end to end on a model trained on the
+sample, and its parts on rows built here in the dataset's schema."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from conftest import run_script
+import torch
+import yaml
+from conftest import DIALOGUES, run_script
 
+import evaluate_mod
+from metrics import load_metric
 from mod_dataset import SAMPLE_DIR
 from mod_dataset.release import TASK_SPLITS
 
 TABLE_TITLES = ("Table 4: text response", "Table 5: meme retrieval", "Meme usage", "Table 7: emotion")
+TEXT_SCORES = [
+    *(f"bleu-{n}" for n in range(1, 5)),
+    *(f"sentence-bleu-{n}" for n in range(1, 5)),
+    "sacrebleu-2",
+    "sacrebleu-4",
+    *(f"dist-{n}" for n in range(1, 5)),
+    "perplexity",
+]
 
 
 @pytest.fixture(scope="module")
-def evaluated(sample_dataset, tmp_path_factory) -> tuple[str, dict, Path]:
-    folder = tmp_path_factory.mktemp("evaluate")
-    model = folder / "model"
+def trained_model(sample_dataset, tmp_path_factory) -> Path:
+    model = tmp_path_factory.mktemp("evaluate") / "model"
     train_args = ["--dataset", str(sample_dataset), "--output_dir", str(model), "--model_config", "tiny"]
     train_args += ["--meme_encoder", "test_efficientnet", "--normalize_meme_features", "--max_steps", "4"]
     trained = run_script("train.py", *train_args)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    return model
+
+
+@pytest.fixture(scope="module")
+def evaluated(sample_dataset, trained_model, tmp_path_factory) -> tuple[str, dict, Path]:
+    folder = tmp_path_factory.mktemp("evaluated")
     results, submission = folder / "results.json", folder / "submission"
     evaluation = run_script(
         "evaluate_mod.py",
-        *["--model", str(model), "--dataset", str(sample_dataset), "--batch_size", "64", "--max_new_tokens", "8"],
-        *["--output", str(results), "--write-submission", str(submission)],
+        *["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "64"],
+        *["--max_new_tokens", "8", "--output", str(results), "--write-submission", str(submission)],
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     return evaluation.stdout, json.loads(results.read_text()), submission
@@ -37,29 +59,56 @@ def table_rows(stdout: str, title: str) -> list[list[str]]:
     return [re.split(r"\s{2,}|\s(?=[-\d])", line.strip()) for line in block[2:]]
 
 
+def table_header(stdout: str, title: str) -> list[str]:
+    return stdout.split(title, 1)[1].strip().splitlines()[1].split()
+
+
+# End to end on the sample -------------------------------------------------------------------------------------------
+
+
 def test_every_table_is_printed_with_a_number_in_every_cell(evaluated):
-    stdout, _, _ = evaluated
+    stdout, results, _ = evaluated
     for title in TABLE_TITLES:
         assert title in stdout, title
     names = [row[0] for row in table_rows(stdout, "Table 5: meme retrieval")]
     assert names == ["easy_test", "hard_test (seen)", "hard_test (unseen)"]
-    for title in TABLE_TITLES:
+    for title in ("Table 4", "Table 5"):
         for row in table_rows(stdout, title):
-            cells = row[-5:] if title.startswith("Table 4") or title.startswith("Table 5") else row[-2:]
-            assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in cells), (title, row)
+            assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in row[-5:]), (title, row)
+    for row in table_rows(stdout, "Table 7: emotion"):
+        assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in row[-2:]), row
+    assert table_header(stdout, "Table 7: emotion") == ["split", "top-1", "top-5"]
+    for split, accuracy, f1, count in table_rows(stdout, "Meme usage"):
+        assert re.fullmatch(r"\d+\.\d\d", accuracy) and re.fullmatch(r"\d+\.\d\d", f1)
+        assert int(count) == results[split]["usage"]["count"]
 
 
-def test_results_json_holds_every_figure(evaluated):
+def test_table_4_shows_the_official_corpus_bleu(evaluated):
+    stdout, results, _ = evaluated
+    assert "the organisers' nltk corpus BLEU" in stdout
+    assert table_header(stdout, "Table 4: text response")[1:] == ["PPL", "BLEU-2", "BLEU-4", "Dist-1", "Dist-2"]
+    for split, *cells in table_rows(stdout, "Table 4: text response"):
+        text = results[split]["text"]
+        assert [float(cell) for cell in cells] == [
+            round(text[name], 2) for name in ("perplexity", "bleu-2", "bleu-4", "dist-1", "dist-2")
+        ]
+
+
+def test_results_json_holds_every_figure(evaluated, sample_dataset):
     _, results, _ = evaluated
-    assert sorted(results) == ["easy_test", "hard_test"]
+    assert sorted(results) == ["easy_test", "hard_test"]  # the dataset's test splits, by default
     for split, result in results.items():
-        assert sorted(result["text"]) == ["bleu-2", "bleu-4", "dist-1", "dist-2", "perplexity"]
+        assert result["annotated"] is True
+        assert sorted(result["text"]) == sorted(TEXT_SCORES)
         assert result["text"]["perplexity"] > 1
         groups = ["seen", "unseen"] if split == "hard_test" else ["seen"]
         for scores in [result["retrieval"], *(result["retrieval"][group] for group in groups)]:
             assert {"R10@1", "R10@2", "R10@5", "RT@5", "MAP"} <= set(scores)
             assert 0 <= scores["R10@1"] <= scores["R10@2"] <= scores["R10@5"] <= 1
+        dialogues = datasets.load_dataset(str(sample_dataset), "dialogues", split=split)
+        assert result["usage"]["count"] == sum(len(row["turns"]) - 1 for row in dialogues)
         assert {"accuracy", "f1"} <= set(result["usage"])
+        assert result["emotion"]["ks"] == [1, 5]
         assert 0 <= result["emotion"]["accuracy@1"] <= result["emotion"]["accuracy@5"] <= 1
         assert len(result["samples"]) == 3 and all(isinstance(s["reply"], str) for s in result["samples"])
 
@@ -77,8 +126,232 @@ def test_submission_files_follow_the_release_instance_by_instance(evaluated, spl
             assert ours["answer"]["speaker_id"] == theirs["answer"]["speaker_id"], name
             if task == "task1":
                 assert isinstance(ours["answer"]["txt"], str)
-            if task == "task2":  # the official candidates, reordered by the model, the first one as the answer
+            if task == "task2":  # the official candidates ranked by the model, in the candidate set and the answer
+                assert ours["candidate"]["speaker_id"] == theirs["candidate"]["speaker_id"]
                 assert sorted(ours["candidate"]["set"]) == sorted(theirs["candidate"]["set"])
-                assert ours["answer"]["img_id"] == ours["candidate"]["set"][0]
+                assert ours["answer"]["img_id"] == ours["candidate"]["set"]
             if task == "task3":
-                assert len(ours["answer"]["emotion_id"]) == 5
+                assert len(set(ours["answer"]["emotion_id"])) == 5
+
+
+# Datasets with blank or missing splits ------------------------------------------------------------------------------
+
+
+def copy_dataset(source: Path, folder: Path) -> Path:
+    # A basename of its own: a local dataset's cache is keyed by the folder's basename.
+    return Path(shutil.copytree(source, folder / f"{folder.name}_data"))
+
+
+def rewrite_view(dataset: Path, view: str, split: str, rewrite) -> None:
+    """Apply `rewrite` to the Arrow table of one view's split, in place."""
+    for path in (dataset / view).glob(f"{split}-*.parquet"):
+        pq.write_table(rewrite(pq.read_table(path)), path)
+
+
+def drop_splits(dataset: Path, splits: set[str], configs: set[str] | None = None) -> None:
+    """Remove splits from the dataset card's configs (all of them, or those named), as if the release lacked them."""
+    card = dataset / "README.md"
+    _, header, body = card.read_text(encoding="utf-8").split("---\n", 2)
+    metadata = yaml.safe_load(header)
+    for config in metadata["configs"]:
+        if configs is None or config["config_name"] in configs:
+            config["data_files"] = [files for files in config["data_files"] if files["split"] not in splits]
+    header = yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False)
+    card.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
+
+
+def blank_answers(keep_first: int = 0):
+    def rewrite(table: pa.Table) -> pa.Table:
+        field = table.schema.field("answer")
+        answers = table.column("answer").to_pylist()[:keep_first] + [None] * (len(table) - keep_first)
+        return table.set_column(table.schema.get_field_index("answer"), field, pa.array(answers, type=field.type))
+
+    return rewrite
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if evaluate_mod loads model weights (the start-up checks must come first)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the start-up checks")
+
+    monkeypatch.setattr(evaluate_mod.AutoModel, "from_pretrained", refuse)
+
+
+def test_a_blank_split_is_not_scored_and_its_submission_is_written(trained_model, sample_dataset, tmp_path):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    for view in evaluate_mod.VIEWS:
+        rewrite_view(dataset, view, "easy_test", blank_answers())
+    results, submission = tmp_path / "results.json", tmp_path / "submission"
+    evaluation = run_script(
+        "evaluate_mod.py",
+        *["--model", str(trained_model), "--dataset", str(dataset), "--limit", "6", "--max_new_tokens", "4"],
+        *["--output", str(results), "--write-submission", str(submission)],
+        env={"HF_DATASETS_CACHE": str(tmp_path / "cache")},
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "easy_test: no gold answers" in evaluation.stdout
+    results = json.loads(results.read_text())
+    assert results["easy_test"] == {"annotated": False, "submission": str(submission)}
+    assert results["hard_test"]["annotated"] is True and "text" in results["hard_test"]
+    assert [row[0] for row in table_rows(evaluation.stdout, "Table 4: text response")] == ["hard_test"]
+    for task in ("task1", "task2", "task3"):
+        written = json.loads((submission / f"c_test_easy_{task}.json").read_text(encoding="utf-8"))
+        assert len(written) == 6 and all(instance["answer"] for instance in written)
+
+
+def test_a_view_with_answered_and_blank_rows_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    rewrite_view(dataset, "retrieval", "easy_test", blank_answers(keep_first=3))
+    with pytest.raises(ValueError, match=r"split 'easy_test', view 'retrieval': \d+ of \d+ rows have no answer"):
+        evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
+
+
+def test_a_split_missing_from_one_view_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    drop_splits(dataset, {"easy_test"}, configs={"emotion"})
+    with pytest.raises(ValueError, match="split 'easy_test' has no instances in the 'emotion' view"):
+        evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
+
+
+def test_a_missing_split_is_named_with_the_splits_the_dataset_has(sample_dataset, no_model_loading):
+    with pytest.raises(ValueError, match=r"\['test'\] are not in the dataset .*\['train', 'validation', 'easy_test'"):
+        evaluate_mod.main(["--model", "unused", "--dataset", str(sample_dataset), "--split", "test"])
+
+
+def test_without_test_splits_the_default_is_validation(sample_dataset, tmp_path, fresh_cache, capsys):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    drop_splits(dataset, {"easy_test", "hard_test"})  # a train/validation release
+    configs = evaluate_mod.load_configs(str(dataset))
+    assert evaluate_mod.choose_splits(None, configs, str(dataset)) == ["validation"]
+    assert "has no test split: evaluating its 'validation' split" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"\['easy_test'\] are not in the dataset .* \['train', 'validation'\]"):
+        evaluate_mod.choose_splits(["easy_test"], configs, str(dataset))
+
+
+def test_a_model_with_other_emotions_is_refused_before_any_work(model, sample_dataset, tmp_path, no_model_loading):
+    model.config.save_pretrained(tmp_path / "model")
+    dataset_emotions = datasets.load_dataset(str(sample_dataset), "emotion", split="easy_test").features["answer"]
+    with pytest.raises(ValueError, match="emotions") as error:
+        evaluate_mod.main(["--model", str(tmp_path / "model"), "--dataset", str(sample_dataset)])
+    assert str(model.config.emotion_names) in str(error.value) and str(dataset_emotions.names) in str(error.value)
+
+
+@pytest.mark.parametrize("argument", ["--batch_size", "--limit", "--max_new_tokens"])
+def test_counts_below_one_are_refused_before_loading_anything(argument, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_mod.main(["--model", "nowhere", "--dataset", "nowhere", argument, "0"])
+    assert exit_info.value.code == 2
+    assert f"{argument}: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+# The parts, on rows in the dataset's schema -------------------------------------------------------------------------
+
+
+def retrieval_row(history: list[dict], speaker: str, text: str | None, meme: str, others: list[str]) -> dict:
+    return {"id": "r", "history": history, "speaker": speaker, "answer_text": text, "candidates": [meme, *others]}
+
+
+RETRIEVAL_ROWS = [
+    {
+        **retrieval_row(DIALOGUES[0][:3], "speaker2", "别难过，明天会更好", "006", ["001", "002", "003"]),
+        "answer": "006",
+    },
+    {**retrieval_row(DIALOGUES[1][:1], "speaker1", None, "002", ["000", "004", "007"]), "answer": "002"},
+    {**retrieval_row(DIALOGUES[2][:2], "speaker1", "我们去公园吧", "004", ["005", "006", "001"]), "answer": "004"},
+]
+
+
+def training_meme_prediction(model, processor, row: dict) -> torch.Tensor:
+    """The meme head's output where training regresses the reply's meme: the dialogue with its reply, as trained."""
+    reply = {"speaker": row["speaker"], "text": row["answer_text"], "meme": row["answer"], "emotion": None}
+    inputs = processor([row["history"] + [reply]])
+    meme_features = model.lookup_memes(inputs.pop("meme_ids"))
+    outputs = model(**inputs, meme_features=meme_features)
+    input_ids = inputs["input_ids"][0]
+    image = (input_ids == model.config.image_token_id).nonzero()[-1].item()
+    assert input_ids[image - 1] == model.config.tag_token_id and inputs["usage_labels"][0, image - 1] == 1
+    return outputs.meme_predictions[(input_ids[:image] == model.config.tag_token_id).sum() - 1]
+
+
+def test_the_meme_is_read_at_the_tag_that_training_regresses(model, processor):
+    predictions = evaluate_mod.reply_meme_predictions(model, processor, RETRIEVAL_ROWS, batch_size=2)
+    trained = torch.stack([training_meme_prediction(model, processor, row) for row in RETRIEVAL_ROWS])
+    torch.testing.assert_close(predictions, trained, atol=1e-5, rtol=1e-5)
+    ranked, nearest = evaluate_mod.rank_memes(model, processor, RETRIEVAL_ROWS, batch_size=2)
+    candidates = [row["candidates"] for row in RETRIEVAL_ROWS]
+    assert ranked == [r.meme_ids for r in model.retrieve_memes(trained, candidates)]
+    assert nearest == [r.meme_ids for r in model.retrieve_memes(trained, top_k=evaluate_mod.RT_CUTOFF)]
+
+
+def test_task_2_is_written_back_in_the_release_layout(tmp_path):
+    response = [{"id": "a", "history": DIALOGUES[1][:1], "speaker": "speaker1", "answer": None}]
+    emotion = [{"id": "c", "history": DIALOGUES[1], "speaker": "speaker1", "answer": None}]
+    views = {"response": response, "retrieval": RETRIEVAL_ROWS[:2], "emotion": emotion}
+    ranked = [["003", "006", "001", "002"], ["002", "007", "000", "004"]]
+    predicted = {"replies": ["好的呀"], "ranked": ranked, "emotions": [[2, 0, 3, 1]]}
+    evaluate_mod.write_submission(tmp_path, "easy_test", views, predicted)
+    names = ["c_test_easy_task1.json", "c_test_easy_task2.json", "c_test_easy_task3.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == names
+    task1, task2, task3 = (json.loads((tmp_path / name).read_text(encoding="utf-8")) for name in names)
+
+    assert task1 == [
+        {
+            "history": [{"speaker_id": "[speaker2]", "txt": "你在做什么呢？"}],
+            "answer": {"speaker_id": "[speaker1]", "txt": "好的呀"},
+        }
+    ]
+    with_text, meme_only = task2
+    # The reply's text is the last history turn, as the release has it; a meme-only reply adds no turn.
+    assert len(with_text["history"]) == len(RETRIEVAL_ROWS[0]["history"]) + 1
+    assert with_text["history"][-1] == {"speaker_id": "[speaker2]", "txt": "别难过，明天会更好"}
+    assert with_text["history"][2] == {"speaker_id": "[speaker1]", "img_id": "003", "emotion_id": "sad"}
+    assert meme_only["history"] == [{"speaker_id": "[speaker2]", "txt": "你在做什么呢？"}]
+    for instance, ranking, speaker in zip(task2, ranked, ["[speaker2]", "[speaker1]"]):
+        assert instance["candidate"] == {"speaker_id": speaker, "set": ranking}
+        assert instance["answer"] == {"speaker_id": speaker, "img_id": ranking}
+    assert task3[0]["answer"] == {"speaker_id": "[speaker1]", "emotion_id": [2, 0, 3, 1]}
+    assert task3[0]["history"][-1] == {
+        "speaker_id": "[speaker1]",
+        "txt": "我生气了",
+        "img_id": "002",
+        "emotion_id": "angry",
+    }
+
+
+def test_usage_is_scored_at_every_stated_turn_and_counted(model, processor):
+    scores = evaluate_mod.usage_scores(model, processor, DIALOGUES, batch_size=2)
+    predictions, references = [], []
+    for dialogue in DIALOGUES:  # each response alone: the dialogue cut after it, its [TAG] last
+        for index in range(1, len(dialogue)):
+            _, outputs = model.run_dialogues(processor, [dialogue[: index + 1]])
+            predictions.append(outputs.usage_logits[-1].argmax().item())
+            references.append(int(dialogue[index]["meme"] is not None))
+    assert scores == load_metric("mod_usage").compute(predictions=predictions, references=references)
+    assert scores["count"] == sum(len(dialogue) - 1 for dialogue in DIALOGUES)
+
+
+def test_emotions_are_ranked_over_fewer_than_five_emotions(model, processor):
+    assert model.config.num_emotions == 4
+    rows = [
+        {"id": "a", "history": DIALOGUES[0][:2], "speaker": "speaker2", "answer": 0},
+        {"id": "b", "history": DIALOGUES[1], "speaker": "speaker1", "answer": 2},
+        {"id": "c", "history": DIALOGUES[2][:1], "speaker": "speaker1", "answer": 3},
+    ]
+    ranked = evaluate_mod.rank_emotions(model, processor, rows, batch_size=2)
+    for row, ranking in zip(rows, ranked):
+        _, outputs = model.run_dialogues(processor, [row["history"]])
+        assert ranking == outputs.emotion_logits[-1].argsort(descending=True).tolist()
+    ks = evaluate_mod.emotion_ks(model.config.num_emotions)
+    assert ks == [1, 4]
+    scores = evaluate_mod.emotion_scores(rows, ranked, ks)
+    assert scores["ks"] == [1, 4] and scores["accuracy@4"] == 1.0
+    assert scores["accuracy@1"] == sum(r[0] == row["answer"] for r, row in zip(ranked, rows)) / 3

@@ -45,11 +45,12 @@ class ModEmotion(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, ks=(1, 5)) -> dict[str, float]:
+        if not predictions:
+            raise ValueError("mod_emotion got no predictions: there is no emotion to score.")
         too_short = [i for i, ranked in enumerate(predictions) if len(ranked) < max(ks)]
         if too_short:
             raise ValueError(f"mod_emotion: predictions {too_short[:5]} rank fewer than {max(ks)} emotions.")
-        count = max(len(references), 1)
         return {
-            f"accuracy@{k}": sum(gold in ranked[:k] for ranked, gold in zip(predictions, references)) / count
+            f"accuracy@{k}": sum(gold in ranked[:k] for ranked, gold in zip(predictions, references)) / len(references)
             for k in ks
         }

@@ -43,9 +43,8 @@ def gold_ranks(predictions: list[list[str]], references: list[str]) -> list[int 
 
 
 def scores_of(ranks: list[int | None], ks: list[int], prefix: str) -> dict[str, float]:
-    count = max(len(ranks), 1)
-    scores = {f"{prefix}@{k}": sum(r is not None and r <= k for r in ranks) / count for k in ks}
-    scores["MAP"] = sum(1.0 / r for r in ranks if r is not None) / count
+    scores = {f"{prefix}@{k}": sum(r is not None and r <= k for r in ranks) / len(ranks) for k in ks}
+    scores["MAP"] = sum(1.0 / r for r in ranks if r is not None) / len(ranks)
     return scores
 
 
@@ -62,6 +61,8 @@ class ModRetrieval(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, ks=(1, 2, 5), prefix="R10", groups=None) -> dict:
+        if not predictions:
+            raise ValueError("mod_retrieval got no predictions: there is no ranking to score.")
         ks = list(ks)
         ranks = gold_ranks(predictions, references)
         scores: dict = scores_of(ranks, ks, prefix)

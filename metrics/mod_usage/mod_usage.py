@@ -6,7 +6,7 @@ import evaluate
 _DESCRIPTION = """
 Whether MOD-GPT attaches a meme to a response (1) or not (0), against the gold turn. Accuracy is the paper's
 usage figure; since most turns carry no meme, the precision, recall and F1 of the positive class (attaching a
-meme) are reported too. F1 is 0 when there is no true positive.
+meme) are reported too. F1 is 0 when there is no true positive. `count` is the number of decisions scored.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -14,11 +14,11 @@ Args:
     predictions (`list[int]`): 1 where the model attaches a meme, 0 where it does not.
     references (`list[int]`): the gold decisions.
 Returns:
-    `accuracy`, `precision`, `recall`, `f1`, fractions in [0, 1].
+    `accuracy`, `precision`, `recall`, `f1`, fractions in [0, 1], and `count`, the number of decisions scored.
 Examples:
     >>> metric = evaluate.load("metrics/mod_usage")
     >>> metric.compute(predictions=[1, 0, 1, 0], references=[1, 1, 0, 0])
-    {'accuracy': 0.5, 'precision': 0.5, 'recall': 0.5, 'f1': 0.5}
+    {'accuracy': 0.5, 'precision': 0.5, 'recall': 0.5, 'f1': 0.5, 'count': 4}
 """
 
 _CITATION = """
@@ -43,15 +43,18 @@ class ModUsage(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references) -> dict[str, float]:
+    def _compute(self, predictions, references) -> dict[str, float | int]:
+        if not predictions:
+            raise ValueError("mod_usage got no predictions: there is no usage decision to score.")
         pairs = list(zip(predictions, references))
         true_positives = sum(p == 1 and r == 1 for p, r in pairs)
         predicted, actual = sum(p == 1 for p, _ in pairs), sum(r == 1 for _, r in pairs)
         precision = true_positives / predicted if predicted else 0.0
         recall = true_positives / actual if actual else 0.0
         return {
-            "accuracy": sum(p == r for p, r in pairs) / max(len(pairs), 1),
+            "accuracy": sum(p == r for p, r in pairs) / len(pairs),
             "precision": precision,
             "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if true_positives else 0.0,
+            "count": len(pairs),
         }
