@@ -64,7 +64,9 @@ def at_last(inputs: dict, token_id: int, head_outputs: torch.Tensor) -> torch.Te
 def generate_replies(model, processor, rows: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
     replies = []
     for chunk in batched(rows, batch_size, "generation"):
-        prompt = model.dialogue_inputs(processor, [row["history"] for row in chunk], add_generation_prompt=True)
+        prompt = model.dialogue_inputs(
+            processor, [row["history"] for row in chunk], add_generation_prompt=True, max_new_tokens=max_new_tokens
+        )
         generated = model.generate(
             **{key: prompt[key] for key in DIALOGUE_INPUTS},
             do_sample=True,
