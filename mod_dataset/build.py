@@ -134,18 +134,14 @@ def instance_path(instance: dict, task: str) -> list[dict]:
 
 
 def longest_paths(paths: list[tuple[str, list[dict]]]) -> list[dict]:
-    """The paths that are no prefix of another path (turns compared on speaker, text and meme), in their order. A
-    kept path takes the emotions it lacks from a path it covers. In sorted order, the paths that start with a given
-    path follow it directly, so comparing each path with the next one finds every prefix."""
+    """The paths that are no prefix of another path (turns compared on speaker, text and meme), in their order. In
+    sorted order the paths that start with a given path follow it directly, so comparing each path with the next
+    one finds every prefix; of equal paths the last is kept."""
     keys = [tuple((t["speaker"], t["text"] or "", t["meme"] or "") for t in turns) for _, turns in paths]
     order = sorted(range(len(paths)), key=keys.__getitem__)
-    covered = set()
-    for shorter, longer in zip(order, order[1:]):
-        if keys[longer][: len(keys[shorter])] == keys[shorter]:
-            covered.add(shorter)
-            for kept, other in zip(paths[longer][1], paths[shorter][1]):
-                if kept["emotion"] is None:
-                    kept["emotion"] = other["emotion"]
+    covered = {
+        shorter for shorter, longer in zip(order, order[1:]) if keys[longer][: len(keys[shorter])] == keys[shorter]
+    }
     return [{"dialogue_id": key, "turns": turns} for i, (key, turns) in enumerate(paths) if i not in covered and turns]
 
 
