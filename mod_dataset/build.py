@@ -8,9 +8,17 @@ from pathlib import Path
 import datasets
 
 from .card import dataset_card, release_record
-from .release import ANSWER_FIELDS, TASK_SPLITS, TASK_VIEWS, Release, count_reasons, is_blank, read_release
+from .release import (
+    ANSWER_FIELDS,
+    SPLITS,
+    TASK_SPLITS,
+    TASK_VIEWS,
+    Release,
+    count_reasons,
+    is_blank,
+    read_release,
+)
 
-SPLITS = ("train", "validation", "easy_test", "hard_test")
 DERIVED_SEED = 1234
 NUM_CANDIDATES = 10
 

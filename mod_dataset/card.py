@@ -2,7 +2,7 @@
 
 import yaml
 
-from .release import TASK_VIEWS, Release
+from .release import SPLITS, TASK_VIEWS, Release
 
 RECORD_KEY = "mod_release"  # the card's YAML key that says what the release had
 CONFIG_DESCRIPTIONS = {
@@ -45,7 +45,9 @@ def split_statistics(rows: list[dict], train_memes: set[str] | None) -> dict[str
 def statistics(dialogues: dict[str, list[dict]], num_memes: int, num_emotions: int) -> dict[str, dict]:
     """The statistics of the built dialogues; memes count as unseen against train, unknown (None) without it."""
     train = dialogues.get("train")
-    train_memes = {t["meme"] for row in train for t in row["turns"] if t["meme"] is not None} if train else None
+    train_memes = (
+        None if train is None else {t["meme"] for row in train for t in row["turns"] if t["meme"] is not None}
+    )
     per_split = {split: split_statistics(rows, train_memes) for split, rows in dialogues.items()}
     overall = split_statistics([row for rows in dialogues.values() for row in rows], train_memes)
     overall.update(memes=num_memes, emotions=num_emotions)
@@ -74,10 +76,12 @@ def format_statistics(stats: dict[str, dict]) -> str:
 
 
 def release_record(release: Release, splits: list[str]) -> dict:
-    """What the release had, for code as well as people: the splits built, the dialogue and task files it lacked,
-    and, by split, the task views whose answers are blank (null) because the release left them unannotated."""
+    """What the release had, for code as well as people: the splits built and those not, the dialogue and task files
+    it lacked, and, by split, the task views whose answers are blank (null) because the release left them
+    unannotated."""
     return {
         "splits": splits,
+        "missing_splits": [split for split in SPLITS if split not in splits],
         "missing_files": list(release.missing_files),
         "unannotated": {split: [TASK_VIEWS[task] for task in tasks] for split, tasks in release.blank_tasks.items()},
     }
@@ -88,7 +92,7 @@ def format_release(record: dict) -> str:
     return "\n".join(
         [
             "Release",
-            f"  splits built: {', '.join(record['splits'])}",
+            f"  splits built: {', '.join(record['splits'])}; not built: {', '.join(record['missing_splits']) or 'none'}",
             f"  missing files: {', '.join(record['missing_files']) or 'none'}",
             f"  blank answers (unannotated, null in the task views): {unannotated or 'none'}",
         ]
@@ -162,8 +166,8 @@ history, the gold emotion on the last turn; a blank answer is left out. A path t
 
 ## Release
 
-The YAML key `{RECORD_KEY}` above holds the same record: `splits`, `missing_files`, and `unannotated` (by split,
-the task views whose answers are all null).
+The YAML key `{RECORD_KEY}` above holds the same record: `splits`, `missing_splits`, `missing_files`, and
+`unannotated` (by split, the task views whose answers are all null).
 
 ```
 {format_release(record)}

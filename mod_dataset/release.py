@@ -15,6 +15,7 @@ TASKS = ("task1", "task2", "task3")
 ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
 # The task -> the config (view) of the built dataset that holds its instances.
 TASK_VIEWS = {"task1": "response", "task2": "retrieval", "task3": "emotion"}
+SPLITS = ("train", "validation", "easy_test", "hard_test")
 # The split of the built dataset -> the part of the release's file names that names it.
 DIALOGUE_SPLITS = {"train": "train", "validation": "val"}
 TASK_SPLITS = {"validation": "val", "easy_test": "test_easy", "hard_test": "test_hard"}
@@ -321,10 +322,11 @@ def check_task_sets(release: Release) -> None:
     for stem in TASK_SPLITS.values():
         names = [f"{release.prefix}_{stem}_{task}.json" for task in TASKS]
         missing = [name for name in names if name in release.missing_files]
-        if 0 < len(missing) < len(names):
-            present = " and ".join(name for name in names if name not in missing)
+        present = [name for name in names if name not in missing]
+        if missing and present:
+            there = f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} there"
             for name in missing:
-                release.problem(name, "", f"missing, while {present} is there: a split's task files come as a set")
+                release.problem(name, "", f"missing, while {there}: a split's task files come as a set of three")
 
 
 def read_release(root: Path, language: str = "zh", skip_invalid: bool = False) -> Release:

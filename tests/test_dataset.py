@@ -500,7 +500,12 @@ def test_train_validation_release_builds_its_two_splits(tmp_path, capsys):
     missing = delete_files(root, "c_test_*")
     assert len(missing) == 6
     result = build_dataset(root, tmp_path / "out")
-    assert result["release"] == {"splits": ["train", "validation"], "missing_files": missing, "unannotated": {}}
+    assert result["release"] == {
+        "splits": ["train", "validation"],
+        "missing_splits": ["easy_test", "hard_test"],
+        "missing_files": missing,
+        "unannotated": {},
+    }
     assert card_header(tmp_path / "out")["mod_release"] == result["release"]
     splits = built_splits(tmp_path / "out")
     assert splits.pop("memes") == ["train"]
@@ -541,11 +546,11 @@ def test_test_release_with_blank_answers_builds_them_as_nulls(tmp_path, capsys, 
     assert {row["seen"] for row in read_parquet(out, "memes", "train")} == ({None} if alone else {True, False})
     printed = stats_of(out, capsys)
     assert "blank answers (unannotated, null in the task views): easy_test (response, retrieval, emotion); " in printed
-    assert f"splits built: {', '.join(splits)}\n" in printed
+    assert f"splits built: {', '.join(splits)}; not built: {'train, validation' if alone else 'none'}\n" in printed
 
 
 def test_full_release_card_records_no_missing_file_and_no_blank_split(sample_dataset):
-    record = {"splits": list(SPLITS), "missing_files": [], "unannotated": {}}
+    record = {"splits": list(SPLITS), "missing_splits": [], "missing_files": [], "unannotated": {}}
     assert card_header(sample_dataset)["mod_release"] == record
 
 
@@ -556,7 +561,7 @@ def test_partial_task_files_and_mixed_answers_are_reported_even_when_skipping(tm
     task1[3]["answer"]["txt"] = ""
     write(root, "c_test_hard_task1.json", task1)
     expected = [
-        ("c_test_easy_task2.json", "", "missing, while c_test_easy_task1.json and c_test_easy_task3.json is there"),
+        ("c_test_easy_task2.json", "", "missing, while c_test_easy_task1.json and c_test_easy_task3.json are there"),
         ("c_test_hard_task1.json", "", f"1 of {len(task1)} answers are blank (instance 3), the others annotated"),
     ]
     for skip_invalid in (False, True):
@@ -677,7 +682,7 @@ def test_card_has_licence_citation_statistics_and_release_record(sample_dataset,
     release = card.split("## Release")[1].split("```")[1].strip()
     assert stats_output.strip() == f"{statistics}\n\n{release}"
     assert release.splitlines()[1:] == [
-        f"  splits built: {', '.join(SPLITS)}",
+        f"  splits built: {', '.join(SPLITS)}; not built: none",
         "  missing files: none",
         "  blank answers (unannotated, null in the task views): none",
     ]
