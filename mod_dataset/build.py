@@ -1,5 +1,6 @@
 """Convert a checked release into Parquet files and a dataset card that `datasets.load_dataset` reads as is."""
 
+import hashlib
 import random
 import shutil
 import tempfile
@@ -230,13 +231,22 @@ def used_memes(dialogues: list[dict]) -> set[str]:
     return {t["meme"] for row in dialogues for t in row["turns"] if t["meme"] is not None}
 
 
-def write_tables(tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path) -> None:
+def write_tables(
+    tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path
+) -> dict[str, dict[str, str]]:
+    """Write every config's splits as Parquet files and return their paths. Each file is named after a digest of
+    its bytes: the card names the files, and `datasets` keys its cache of a local folder on the card, so a rebuilt
+    folder (or another folder of the same name) is never read from the cache of different data."""
+    paths: dict[str, dict[str, str]] = {}
     for config, splits in tables.items():
+        (out / config).mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
-            path = out / config / f"{split}-00000-of-00001.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            dataset = datasets.Dataset.from_list(rows, features=features[config])
-            dataset.to_parquet(str(path))
+            written = out / config / f"{split}.parquet"
+            datasets.Dataset.from_list(rows, features=features[config]).to_parquet(str(written))
+            path = f"{config}/{split}-{hashlib.sha256(written.read_bytes()).hexdigest()[:16]}.parquet"
+            written.rename(out / path)
+            paths.setdefault(config, {})[split] = path
+    return paths
 
 
 def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh", skip_invalid: bool = False) -> dict:
@@ -259,9 +269,9 @@ def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh"
     staging.chmod(0o755)  # mkdtemp makes it private; the built folder is meant to be shared like any other
     try:
         datasets.disable_progress_bars()
-        write_tables(tables, features, staging)
+        paths = write_tables(tables, features, staging)
         counts = {config: {split: len(rows) for split, rows in splits.items()} for config, splits in tables.items()}
-        card = dataset_card(tables, counts, record, release.emotions, language)
+        card = dataset_card(tables, paths, counts, record, release.emotions, language)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -277,7 +287,10 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset")
+    # The Parquet files of an earlier upload have other names (digests of their bytes): replace them all.
+    commit = api.upload_folder(
+        folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", delete_patterns=["*.parquet"]
+    )
     return str(getattr(commit, "commit_url", commit))
 
 

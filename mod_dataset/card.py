@@ -99,14 +99,14 @@ def format_release(record: dict) -> str:
     )
 
 
-def dataset_card(tables: dict, counts: dict, record: dict, emotions: list[str], language: str) -> str:
+def dataset_card(tables: dict, paths: dict, counts: dict, record: dict, emotions: list[str], language: str) -> str:
     configs = [
         {
             "config_name": config,
             **({"default": True} if config == "dialogues" else {}),
-            "data_files": [{"split": split, "path": f"{config}/{split}-*.parquet"} for split in splits],
+            "data_files": [{"split": split, "path": path} for split, path in splits.items()],
         }
-        for config, splits in counts.items()
+        for config, splits in paths.items()
     ]
     header = {
         "language": [language],

@@ -130,7 +130,8 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def read_parquet(folder: Path, config: str, split: str) -> list[dict]:
-    return pq.read_table(folder / config / f"{split}-00000-of-00001.parquet").to_pylist()
+    (path,) = (folder / config).glob(f"{split}-*.parquet")
+    return pq.read_table(path).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -641,6 +642,26 @@ def test_building_twice_gives_byte_identical_files(sample_dataset, tmp_path):
             assert (sample_dataset / name).read_bytes() == content, name
 
 
+COUNT_ROWS = "import datasets, sys; print(len(datasets.load_dataset(sys.argv[1], 'response', split='easy_test')))"
+
+
+def test_a_rebuilt_folder_loads_its_new_rows_and_not_the_cache_of_the_old_ones(tmp_path):
+    """`datasets` caches a local folder under its name and card: every build's card must differ when the data does."""
+    root, out, env = copy_sample(tmp_path), tmp_path / "site" / "data", offline_env(tmp_path)
+
+    def rows_loaded() -> int:
+        command = [sys.executable, "-c", COUNT_ROWS, str(out)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return int(result.stdout)
+
+    build_dataset(root, out)
+    assert rows_loaded() == len(raw("c_test_easy_task1.json"))
+    write(root, "c_test_easy_task1.json", raw("c_test_easy_task1.json")[:5])
+    build_dataset(root, out)
+    assert rows_loaded() == 5
+
+
 def test_make_sample_regenerates_the_committed_sample_byte_for_byte(tmp_path):
     made = snapshot(make_sample(tmp_path / "sample"))
     committed = snapshot(SAMPLE_DIR)
@@ -731,6 +752,7 @@ def test_push_to_hub_creates_a_dataset_repo_and_uploads_the_built_folder(sample_
     ]
     assert hub[0][2]["repo_type"] == "dataset"
     assert hub[1][2]["folder_path"] == str(sample_dataset) and hub[1][2]["repo_type"] == "dataset"
+    assert hub[1][2]["delete_patterns"] == ["*.parquet"]  # an earlier upload's files (other digests) are replaced
     assert url == "https://huggingface.co/datasets/someone/mod/commit/0123"
 
 
