@@ -148,8 +148,8 @@ A turn is `{{"speaker": "speaker1" | "speaker2", "text": str | None, "meme": str
 `emotion` being a class label named after `emotion_dict.json` (None where a meme turn has no `emotion_id`).
 
 The task views use the official instances and candidate sets where the release has task files; for a split with
-dialogues only (`train`) they are cut from the dialogues at every answer, with the gold and up to 9 other memes
-of `train` as candidates, sampled with a fixed seed. In `retrieval` the reply's text, which the release gives as
+dialogues only (`train`, or `validation` without its task files) they are cut from the dialogues at every answer,
+with the gold and up to 9 other memes of `train` as candidates, sampled with a fixed seed. In `retrieval` the reply's text, which the release gives as
 the last history turn, is `answer_text` and not part of `history`. An answer the release leaves blank (a test
 release handed out for submission) is null.
 
