@@ -51,6 +51,7 @@ COLOURS = [
 ]
 
 SHAPE_COLOURS = [(255, 255, 255), (160, 90, 40), (230, 0, 230), (0, 200, 0), (0, 190, 255)]
+SHAPE_BOX = (20, 16, 44, 40)
 
 
 def meme_id(index: int) -> str:
@@ -62,13 +63,13 @@ def emotion_of(index: int) -> int:
 
 
 def draw_meme(index: int) -> Image.Image:
-    """A 64x64 sticker: a background of its emotion's colour, a shape in a colour of its own and a face that tell it
-    apart."""
+    """A 64x64 sticker: a background of its emotion's colour (most of the image), and a small shape in a colour of
+    its own and a face that tell it apart."""
     image = Image.new("RGB", (64, 64), COLOURS[emotion_of(index)])
     draw = ImageDraw.Draw(image)
     shape = index // len(EMOTIONS)
     fill = SHAPE_COLOURS[shape]
-    box = (8 + shape * 2, 8 + shape, 56 - shape, 56 - shape * 2)
+    box = SHAPE_BOX
     if shape == 0:
         draw.ellipse(box, fill=fill)
     elif shape == 1:
