@@ -4,17 +4,30 @@
     python -m mod_dataset stats OUT_DIR
     python -m mod_dataset make-sample DIR
 
-`datasets.load_dataset(OUT_DIR)` then reads it with no custom code. Configs (splits `train`, `validation`,
-`easy_test`, `hard_test`, except `memes`, which has one split, `train`, holding every meme):
+`datasets.load_dataset(OUT_DIR)` then reads it with no custom code. A split (`train`, `validation`, `easy_test`,
+`hard_test`) is built when the release has its files: the train/validation release, the challenge's test release
+(blank answers), and the full release all build. A split with only some of its three task files, a task file that
+mixes blank and annotated answers, and a release with no split at all are errors. Configs (`memes` has one split,
+`train`, holding every meme):
 
 - `dialogues` (default): `dialogue_id: str`, `turns: list[{speaker: "speaker1"|"speaker2", text: str|None,
-  meme: str|None, emotion: ClassLabel|None}]`;
-- `memes`: `meme_id`, `image` (`datasets.Image`, bytes embedded), `file_name`, `seen` (used in train), and
-  `feature` (the organisers' vector) when the release has `id2feature.json`;
+  meme: str|None, emotion: ClassLabel|None}]` (`emotion` is None for a meme turn without `emotion_id`);
+- `memes`: `meme_id`, `image` (`datasets.Image`, bytes embedded), `file_name`, `seen` (used in train; None when
+  the release has no train dialogues), and `feature` (the organisers' vector) when the release has `id2feature.json`;
 - `response`: `id`, `history` (turns), `speaker` (who answers), `answer` (text);
-- `retrieval`: `id`, `history`, `speaker`, `answer_text` (text of the answering turn, if any), `candidates`
-  (meme ids), `answer` (the gold meme id);
-- `emotion`: `id`, `history` (its last turn holds the meme), `speaker`, `answer` (ClassLabel).
+- `retrieval`: `id`, `history` (the turns before the reply), `speaker`, `answer_text` (the reply's text, which the
+  release puts as the last history turn; None for a meme-only reply), `candidates` (meme ids, as given),
+  `answer` (the gold meme id);
+- `emotion`: `id`, `history` (its last turn holds the meme, its emotion None), `speaker`, `answer` (ClassLabel).
+
+Task views come from the task files where the release has them, else they are cut from the split's dialogues. An
+answer the release leaves blank is None. A split with task files only (the tests) has no whole dialogues: its
+`dialogues` are built from the task instances so that every turn's meme use is stated. Task 1 gives its history
+(whether its answer came with a meme is not said), task 2 its history with the reply as one turn (text and gold
+meme), task 3 its history with the gold emotion on the last turn; blank answers are left out. A path that is the
+start of another (speaker, text and meme alike) is dropped; `dialogue_id` names the instance kept, e.g.
+`easy_test task2 17`. The card's YAML key `mod_release` records the splits built, the missing dialogue and task
+files, and by split the task views whose answers are blank (`unannotated`).
 """
 
 from pathlib import Path

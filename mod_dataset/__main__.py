@@ -2,18 +2,26 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import datasets
+from huggingface_hub import DatasetCard
 
 from . import InvalidReleaseError, build_dataset, format_statistics, make_sample, push_to_hub, statistics
+from .card import RECORD_KEY, format_release
 
 
 def print_stats(out_dir: str) -> None:
+    """The statistics of a built folder (or hub id), then what its card records of the release."""
     dialogues = datasets.load_dataset(out_dir, "dialogues")
     memes = next(iter(datasets.load_dataset(out_dir, "memes").values()))
-    names = dialogues["train"].features["turns"].feature["emotion"].names
+    names = next(iter(dialogues.values())).features["turns"].feature["emotion"].names
     rows = {split: dialogues[split].to_list() for split in dialogues}
     print(format_statistics(statistics(rows, len(memes), len(names))))
+    card = Path(out_dir) / "README.md"
+    record = DatasetCard.load(card if card.is_file() else out_dir).data.to_dict().get(RECORD_KEY)
+    if record:
+        print(f"\n{format_release(record)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for config, splits in result["counts"].items():
             print(f"{config}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+        print(format_release(result["release"]))
         if args.push_to_hub:
             print(f"uploaded: {push_to_hub(args.out_dir, args.push_to_hub)}")
     return 0

@@ -1,5 +1,6 @@
 """Convert a checked release into Parquet files and a dataset card that `datasets.load_dataset` reads as is."""
 
+import hashlib
 import random
 import shutil
 import tempfile
@@ -7,10 +8,18 @@ from pathlib import Path
 
 import datasets
 
-from .card import dataset_card
-from .release import TASK_SPLITS, Release, count_reasons, read_release
+from .card import dataset_card, release_record
+from .release import (
+    ANSWER_FIELDS,
+    SPLITS,
+    TASK_SPLITS,
+    TASK_VIEWS,
+    Release,
+    count_reasons,
+    is_blank,
+    read_release,
+)
 
-SPLITS = ("train", "validation", "easy_test", "hard_test")
 DERIVED_SEED = 1234
 NUM_CANDIDATES = 10
 
@@ -62,68 +71,106 @@ def to_turn(turn: dict) -> dict:
     }
 
 
-def answer_turn(instance: dict, task: str) -> dict:
-    answer = instance["answer"]
-    turn = {"speaker_id": answer["speaker_id"], "txt": answer.get("txt")}
+def gold(instance: dict, task: str) -> str | int | None:
+    """The instance's gold answer, `None` when the release leaves it blank."""
+    return None if is_blank(task, instance["answer"]) else instance["answer"][ANSWER_FIELDS[task]]
+
+
+def split_reply(instance: dict) -> tuple[list[dict], str | None]:
+    """A task 2 instance's history before the reply, and the reply's text. In the official layout that text is the
+    last history turn (the answering speaker's, text only); a meme-only reply has no such turn."""
+    turns, last = instance["history"], instance["history"][-1]
+    if last["speaker_id"] == instance["answer"]["speaker_id"] and last.get("txt") and "img_id" not in last:
+        return [to_turn(t) for t in turns[:-1]], last["txt"]
+    return [to_turn(t) for t in turns], None
+
+
+def without_last_emotion(turns: list[dict]) -> list[dict]:
+    """An emotion instance's history: its last turn holds the meme, and the answer (not the turn) its emotion."""
+    return [*turns[:-1], {**turns[-1], "emotion": None}]
+
+
+def response_row(key: str, instance: dict) -> dict:
+    history = [to_turn(t) for t in instance["history"]]
+    return {"id": key, "history": history, "speaker": speaker(instance), "answer": gold(instance, "task1")}
+
+
+def retrieval_row(key: str, instance: dict) -> dict:
+    history, text = split_reply(instance)
+    meme = gold(instance, "task2")
+    return {
+        "id": key,
+        "history": history,
+        "speaker": speaker(instance),
+        "answer_text": text,
+        "candidates": [str(m) for m in instance["candidate"]["set"]],
+        "answer": str(meme) if meme is not None else None,
+    }
+
+
+def emotion_row(key: str, instance: dict) -> dict:
+    history = without_last_emotion([to_turn(t) for t in instance["history"]])
+    return {"id": key, "history": history, "speaker": speaker(instance), "answer": gold(instance, "task3")}
+
+
+def speaker(instance: dict) -> str:
+    return instance["answer"]["speaker_id"].strip("[]")
+
+
+VIEW_ROWS = {"task1": response_row, "task2": retrieval_row, "task3": emotion_row}
+
+
+def official_views(release: Release, split: str) -> dict[str, list[dict]]:
+    return {
+        TASK_VIEWS[task]: [VIEW_ROWS[task](f"{split} {task} {i}", x) for i, x in enumerate(instances)]
+        for task, instances in release.tasks[split].items()
+    }
+
+
+def instance_path(instance: dict, task: str) -> list[dict]:
+    """The turns of a task instance whose meme use the release states: task 1 leaves its answer out (whether it
+    came with a meme is not said), task 2 merges the reply's text and gold meme into one turn, task 3 puts the gold
+    emotion on its last turn. A blank answer is left out."""
+    answer = gold(instance, task)
     if task == "task2":
-        turn["img_id"] = answer["img_id"]
-    if task == "task3":  # the answer is the emotion of the meme in the last history turn
-        return {}
-    return turn
+        history, text = split_reply(instance)
+        reply = {"speaker": speaker(instance), "text": text, "meme": str(answer), "emotion": None}
+        return history + ([reply] if answer is not None else [])
+    turns = [to_turn(t) for t in instance["history"]]
+    if task == "task3" and answer is not None:
+        turns[-1]["emotion"] = answer
+    return turns
+
+
+def longest_paths(paths: list[tuple[str, list[dict]]]) -> list[dict]:
+    """The paths that are no prefix of another path (turns compared on speaker, text and meme), in their order. In
+    sorted order the paths that start with a given path follow it directly, so comparing each path with the next
+    one finds every prefix; of equal paths the last is kept."""
+    keys = [tuple((t["speaker"], t["text"] or "", t["meme"] or "") for t in turns) for _, turns in paths]
+    order = sorted(range(len(paths)), key=keys.__getitem__)
+    covered = {
+        shorter for shorter, longer in zip(order, order[1:]) if keys[longer][: len(keys[shorter])] == keys[shorter]
+    }
+    return [{"dialogue_id": key, "turns": turns} for i, (key, turns) in enumerate(paths) if i not in covered and turns]
 
 
 def dialogue_rows(release: Release, split: str) -> list[dict]:
+    """The split's dialogues; a split with task files only (the tests) gets the longest paths of its instances."""
     if split in release.dialogues:
         return [
             {"dialogue_id": i, "turns": [to_turn(t) for t in turns]} for i, turns in release.dialogues[split].items()
         ]
-    rows = []
-    for task, instances in release.tasks.get(split, {}).items():
-        for index, instance in enumerate(instances):
-            turns = [to_turn(t) for t in instance["history"]]
-            answer = answer_turn(instance, task)
-            rows.append(
-                {"dialogue_id": f"{split} {task} {index}", "turns": turns + ([to_turn(answer)] if answer else [])}
-            )
-    return rows
-
-
-def official_views(release: Release, split: str) -> dict[str, list[dict]]:
-    tasks = release.tasks[split]
-    response = [
-        {
-            "id": f"{split} task1 {i}",
-            "history": [to_turn(t) for t in x["history"]],
-            "speaker": x["answer"]["speaker_id"].strip("[]"),
-            "answer": x["answer"]["txt"],
-        }
-        for i, x in enumerate(tasks["task1"])
+    paths = [
+        (f"{split} {task} {index}", instance_path(instance, task))
+        for task, instances in release.tasks[split].items()
+        for index, instance in enumerate(instances)
     ]
-    retrieval = [
-        {
-            "id": f"{split} task2 {i}",
-            "history": [to_turn(t) for t in x["history"]],
-            "speaker": x["answer"]["speaker_id"].strip("[]"),
-            "answer_text": x["answer"].get("txt") or None,
-            "candidates": [str(m) for m in x["candidate"]["set"]],
-            "answer": str(x["answer"]["img_id"]),
-        }
-        for i, x in enumerate(tasks["task2"])
-    ]
-    emotion = [
-        {
-            "id": f"{split} task3 {i}",
-            "history": [to_turn(t) for t in x["history"]],
-            "speaker": x["answer"]["speaker_id"].strip("[]"),
-            "answer": x["answer"]["emotion_id"],
-        }
-        for i, x in enumerate(tasks["task3"])
-    ]
-    return {"response": response, "retrieval": retrieval, "emotion": emotion}
+    return longest_paths(paths)
 
 
 def derived_views(dialogues: list[dict], meme_ids: list[str], split: str) -> dict[str, list[dict]]:
-    """Task views cut from whole dialogues at every answer, with 1 gold + 9 sampled candidates (fixed seed)."""
+    """Task views cut from whole dialogues at every answer, with the gold and up to 9 other memes as candidates
+    (sampled with a fixed seed; fewer when the release has fewer memes)."""
     rng = random.Random(f"{DERIVED_SEED}-{split}")
     views = {"response": [], "retrieval": [], "emotion": []}
     for row in dialogues:
@@ -134,18 +181,21 @@ def derived_views(dialogues: list[dict], meme_ids: list[str], split: str) -> dic
             if turn["text"]:
                 views["response"].append({**base, "answer": turn["text"]})
             if turn["meme"] is not None:
-                others = rng.sample([m for m in meme_ids if m != turn["meme"]], NUM_CANDIDATES - 1)
-                candidates = [turn["meme"], *others]
+                others = [m for m in meme_ids if m != turn["meme"]]
+                candidates = [turn["meme"], *rng.sample(others, min(NUM_CANDIDATES - 1, len(others)))]
                 rng.shuffle(candidates)
                 views["retrieval"].append(
                     {**base, "answer_text": turn["text"], "candidates": candidates, "answer": turn["meme"]}
                 )
                 if turn["emotion"] is not None:
-                    views["emotion"].append({**base, "history": turns[: k + 1], "answer": turn["emotion"]})
+                    views["emotion"].append(
+                        {**base, "history": without_last_emotion(turns[: k + 1]), "answer": turn["emotion"]}
+                    )
     return views
 
 
-def meme_rows(release: Release, seen: set[str]) -> list[dict]:
+def meme_rows(release: Release, train_memes: set[str] | None) -> list[dict]:
+    """One row per meme; `seen` (used in train) is `None` when the release has no train dialogues."""
     rows = []
     for meme_id in sorted(release.meme_files):
         file_name = release.meme_files[meme_id]
@@ -153,62 +203,82 @@ def meme_rows(release: Release, seen: set[str]) -> list[dict]:
             "meme_id": meme_id,
             "image": {"bytes": (release.root / "meme_set" / file_name).read_bytes(), "path": file_name},
             "file_name": file_name,
-            "seen": meme_id in seen,
+            "seen": meme_id in train_memes if train_memes is not None else None,
         }
         if release.features is not None:
-            row["feature"] = release.features.get(meme_id)
+            row["feature"] = release.features[meme_id]
         rows.append(row)
     return rows
 
 
 def build_tables(release: Release) -> dict[str, dict[str, list[dict]]]:
-    """Every config's rows, by split."""
-    dialogues = {split: dialogue_rows(release, split) for split in SPLITS}
-    seen = {t["meme"] for row in dialogues["train"] for t in row["turns"] if t["meme"] is not None}
-    tables = {"dialogues": dialogues, "memes": {"train": meme_rows(release, seen)}}
-    for split in SPLITS:
-        has_tasks = all(release.tasks.get(split, {}).get(task) is not None for task in ("task1", "task2", "task3"))
-        views = official_views(release, split) if has_tasks else derived_views(dialogues[split], sorted(seen), split)
+    """Every config's rows, by split; a split is built when the release has its dialogues or task files."""
+    splits = [split for split in SPLITS if split in release.dialogues or split in release.tasks]
+    dialogues = {split: dialogue_rows(release, split) for split in splits}
+    train_memes = used_memes(dialogues["train"]) if "train" in dialogues else None
+    tables = {"dialogues": dialogues, "memes": {"train": meme_rows(release, train_memes)}}
+    pool = sorted(train_memes or release.meme_files)  # the negatives of derived views: train's memes if known
+    for split in splits:
+        views = (
+            official_views(release, split) if split in release.tasks else derived_views(dialogues[split], pool, split)
+        )
         for name, rows in views.items():
             tables.setdefault(name, {})[split] = rows
     return tables
 
 
-def write_tables(tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path) -> None:
+def used_memes(dialogues: list[dict]) -> set[str]:
+    return {t["meme"] for row in dialogues for t in row["turns"] if t["meme"] is not None}
+
+
+def write_tables(
+    tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path
+) -> dict[str, dict[str, str]]:
+    """Write every config's splits as Parquet files and return their paths. Each file is named after a digest of
+    its bytes: the card names the files, and `datasets` keys its cache of a local folder on the card, so a rebuilt
+    folder (or another folder of the same name) is never read from the cache of different data."""
+    paths: dict[str, dict[str, str]] = {}
     for config, splits in tables.items():
+        (out / config).mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
-            path = out / config / f"{split}-00000-of-00001.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            dataset = datasets.Dataset.from_list(rows, features=features[config])
-            dataset.to_parquet(str(path))
+            written = out / config / f"{split}.parquet"
+            datasets.Dataset.from_list(rows, features=features[config]).to_parquet(str(written))
+            path = f"{config}/{split}-{hashlib.sha256(written.read_bytes()).hexdigest()[:16]}.parquet"
+            written.rename(out / path)
+            paths.setdefault(config, {})[split] = path
+    return paths
 
 
 def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh", skip_invalid: bool = False) -> dict:
     """
     Convert the release in `raw_dir` into a hub dataset folder `out_dir`. Raises `InvalidReleaseError` listing
     every problem unless `skip_invalid`, which leaves the bad rows out and returns the count by reason under
-    `"skipped"`. The folder is written elsewhere first and moved into place whole, so a failed build leaves
-    nothing half-written (and an existing `out_dir` untouched).
+    `"skipped"`. Problems of a whole file are never skipped: malformed JSON, a split with only some of its three
+    task files, a task file mixing blank and annotated answers. The folder is written elsewhere first and moved
+    into place whole, so a failed build leaves nothing half-written (and an existing `out_dir` untouched). Returns
+    the rows per config and split (`"counts"`) and what the release had (`"release"`, the card's record).
     """
     release = read_release(Path(raw_dir), language, skip_invalid)
     tables = build_tables(release)
     feature_size = len(next(iter(release.features.values()))) if release.features else None
     features = config_features(release.emotions, feature_size)
+    record = release_record(release, list(tables["dialogues"]))
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the built folder is meant to be shared like any other
     try:
         datasets.disable_progress_bars()
-        write_tables(tables, features, staging)
+        paths = write_tables(tables, features, staging)
         counts = {config: {split: len(rows) for split, rows in splits.items()} for config, splits in tables.items()}
-        (staging / "README.md").write_text(dataset_card(tables, counts, release, language), encoding="utf-8")
+        card = dataset_card(tables, paths, counts, record, release.emotions, language)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"counts": counts, "skipped": count_reasons(release.skipped)}
+    return {"counts": counts, "skipped": count_reasons(release.skipped), "release": record}
 
 
 def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str:
@@ -217,7 +287,10 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset")
+    # The Parquet files of an earlier upload have other names (digests of their bytes): replace them all.
+    commit = api.upload_folder(
+        folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", delete_patterns=["*.parquet"]
+    )
     return str(getattr(commit, "commit_url", commit))
 
 

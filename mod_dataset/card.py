@@ -2,14 +2,18 @@
 
 import yaml
 
-from .release import Release
+from .release import SPLITS, TASK_VIEWS, Release
 
+RECORD_KEY = "mod_release"  # the card's YAML key that says what the release had
 CONFIG_DESCRIPTIONS = {
     "dialogues": "whole dialogues: `dialogue_id`, `turns` = list of `{speaker, text, meme, emotion}`",
-    "memes": "`meme_id`, `image` (embedded bytes), `file_name`, `seen` (used in train), `feature` when the release has it",
+    "memes": "`meme_id`, `image` (embedded bytes), `file_name`, `seen` (used in train; null without a train split), "
+    "`feature` when the release has `id2feature.json`",
     "response": "task 1, text response: `id`, `history` (turns), `speaker` (who answers), `answer` (the text)",
-    "retrieval": "task 2, meme retrieval: `id`, `history`, `speaker`, `answer_text`, `candidates` (meme ids), `answer`",
-    "emotion": "task 3, meme emotion: `id`, `history` (its last turn holds the meme), `speaker`, `answer` (emotion)",
+    "retrieval": "task 2, meme retrieval: `id`, `history` (the turns before the reply), `speaker`, `answer_text` (the "
+    "reply's text, null for a meme-only reply), `candidates` (meme ids, as given: 10 or 11), `answer` (the gold meme)",
+    "emotion": "task 3, meme emotion: `id`, `history` (its last turn holds the meme, without its emotion), `speaker`, "
+    "`answer` (the emotion)",
 }
 CITATION = """@article{fei2021towards,
   title={Towards Expressive Communication with Internet Memes: A New Multimodal Conversation Dataset and Benchmark},
@@ -19,7 +23,7 @@ CITATION = """@article{fei2021towards,
 }"""
 
 
-def split_statistics(rows: list[dict], train_memes: set[str]) -> dict[str, float]:
+def split_statistics(rows: list[dict], train_memes: set[str] | None) -> dict[str, float | None]:
     turns = [turn for row in rows for turn in row["turns"]]
     texts = [turn["text"] for turn in turns if turn["text"]]
     memes = [turn["meme"] for turn in turns if turn["meme"] is not None]
@@ -34,12 +38,16 @@ def split_statistics(rows: list[dict], train_memes: set[str]) -> dict[str, float
         "meme_only": sum(1 for t in turns if not t["text"] and t["meme"] is not None),
         "text_and_meme": sum(1 for t in turns if t["text"] and t["meme"] is not None),
         "distinct_memes": len(set(memes)),
-        "unseen_memes": len(set(memes) - train_memes),
+        "unseen_memes": len(set(memes) - train_memes) if train_memes is not None else None,
     }
 
 
 def statistics(dialogues: dict[str, list[dict]], num_memes: int, num_emotions: int) -> dict[str, dict]:
-    train_memes = {t["meme"] for row in dialogues["train"] for t in row["turns"] if t["meme"] is not None}
+    """The statistics of the built dialogues; memes count as unseen against train, unknown (None) without it."""
+    train = dialogues.get("train")
+    train_memes = (
+        None if train is None else {t["meme"] for row in train for t in row["turns"] if t["meme"] is not None}
+    )
     per_split = {split: split_statistics(rows, train_memes) for split, rows in dialogues.items()}
     overall = split_statistics([row for rows in dialogues.values() for row in rows], train_memes)
     overall.update(memes=num_memes, emotions=num_emotions)
@@ -59,21 +67,46 @@ def format_statistics(stats: dict[str, dict]) -> str:
         f"  {'split':<11}{'dialogues':>10}{'utterances':>11}{'avg turns':>10}{'meme turns':>11}{'memes':>7}{'unseen':>7}",
     ]
     for split, s in stats["splits"].items():
+        unseen = "-" if s["unseen_memes"] is None else s["unseen_memes"]
         lines.append(
             f"  {split:<11}{s['dialogues']:>10}{s['utterances']:>11}{s['avg_turns']:>10.2f}"
-            f"{s['meme_turns']:>11}{s['distinct_memes']:>7}{s['unseen_memes']:>7}"
+            f"{s['meme_turns']:>11}{s['distinct_memes']:>7}{unseen:>7}"
         )
     return "\n".join(lines)
 
 
-def dataset_card(tables: dict, counts: dict, release: Release, language: str) -> str:
+def release_record(release: Release, splits: list[str]) -> dict:
+    """What the release had, for code as well as people: the splits built and those not, the dialogue and task files
+    it lacked, and, by split, the task views whose answers are blank (null) because the release left them
+    unannotated."""
+    return {
+        "splits": splits,
+        "missing_splits": [split for split in SPLITS if split not in splits],
+        "missing_files": list(release.missing_files),
+        "unannotated": {split: [TASK_VIEWS[task] for task in tasks] for split, tasks in release.blank_tasks.items()},
+    }
+
+
+def format_release(record: dict) -> str:
+    unannotated = "; ".join(f"{split} ({', '.join(views)})" for split, views in record["unannotated"].items())
+    return "\n".join(
+        [
+            "Release",
+            f"  splits built: {', '.join(record['splits'])}; not built: {', '.join(record['missing_splits']) or 'none'}",
+            f"  missing files: {', '.join(record['missing_files']) or 'none'}",
+            f"  blank answers (unannotated, null in the task views): {unannotated or 'none'}",
+        ]
+    )
+
+
+def dataset_card(tables: dict, paths: dict, counts: dict, record: dict, emotions: list[str], language: str) -> str:
     configs = [
         {
             "config_name": config,
             **({"default": True} if config == "dialogues" else {}),
-            "data_files": [{"split": split, "path": f"{config}/{split}-*.parquet"} for split in splits],
+            "data_files": [{"split": split, "path": path} for split, path in splits.items()],
         }
-        for config, splits in counts.items()
+        for config, splits in paths.items()
     ]
     header = {
         "language": [language],
@@ -83,8 +116,9 @@ def dataset_card(tables: dict, counts: dict, release: Release, language: str) ->
         "task_categories": ["text-generation"],
         "tags": ["dialogue", "memes", "multimodal", "dstc10"],
         "configs": configs,
+        RECORD_KEY: record,
     }
-    stats = statistics(tables["dialogues"], len(tables["memes"]["train"]), len(release.emotions))
+    stats = statistics(tables["dialogues"], len(tables["memes"]["train"]), len(emotions))
     count_lines = "\n".join(
         f"| {config} | " + ", ".join(f"{split}: {n}" for split, n in splits.items()) + " |"
         for config, splits in counts.items()
@@ -102,7 +136,7 @@ into Parquet files that `datasets.load_dataset` reads without custom code:
 
 ```python
 from datasets import load_dataset
-dialogues = load_dataset("<this folder or repo>")            # train, validation, easy_test, hard_test
+dialogues = load_dataset("<this folder or repo>")            # {", ".join(record["splits"])}
 memes = load_dataset("<this folder or repo>", "memes")
 ```
 
@@ -111,16 +145,33 @@ memes = load_dataset("<this folder or repo>", "memes")
 {config_lines}
 
 A turn is `{{"speaker": "speaker1" | "speaker2", "text": str | None, "meme": str | None, "emotion": int | None}}`,
-`emotion` being a class label named after `emotion_dict.json`. The test splits of the release exist only as task
-files: in `dialogues`, each of their task instances is one row (its history plus the answer turn; for task 3 the
-history alone, since its last turn holds the meme). The task views use the official instances and candidate sets
-where the release has task files (validation and both tests); for `train` they are cut from the dialogues at every
-answer, with 1 gold and 9 candidates sampled with a fixed seed. The hard test holds memes never used in `train`
-(`seen` is false for them in `memes`).
+`emotion` being a class label named after `emotion_dict.json` (None where a meme turn has no `emotion_id`).
+
+The task views use the official instances and candidate sets where the release has task files; for a split with
+dialogues only (`train`, or `validation` without its task files) they are cut from the dialogues at every answer,
+with the gold and up to 9 other memes of `train` as candidates, sampled with a fixed seed. In `retrieval` the reply's text, which the release gives as
+the last history turn, is `answer_text` and not part of `history`. An answer the release leaves blank (a test
+release handed out for submission) is null.
+
+A split with task files only (the tests) has no whole dialogues in the release; its `dialogues` hold only turns
+whose meme use the release states. Each instance gives a path of turns: task 1 its history (whether its answer came
+with a meme is not said), task 2 its history with the reply as one turn (its text and the gold meme), task 3 its
+history, the gold emotion on the last turn; a blank answer is left out. A path that is the start of another
+(speaker, text and meme alike) is dropped, so no turn counts twice; `dialogue_id` names the instance kept, e.g.
+`easy_test task2 17`. The hard test holds memes never used in `train` (`seen` is false for them in `memes`).
 
 | config | rows per split |
 |---|---|
 {count_lines}
+
+## Release
+
+The YAML key `{RECORD_KEY}` above holds the same record: `splits`, `missing_splits`, `missing_files`, and
+`unannotated` (by split, the task views whose answers are all null).
+
+```
+{format_release(record)}
+```
 
 ## Statistics
 

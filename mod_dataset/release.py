@@ -1,6 +1,7 @@
 """Reading and checking the official MOD release (DSTC10 Track 1): every problem is collected with where it is."""
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,13 @@ from PIL import Image
 
 SPEAKERS = ("[speaker1]", "[speaker2]")
 TASKS = ("task1", "task2", "task3")
+# The field of a task's answer that holds the gold; a blank one ("" or null) marks an unannotated test release.
+ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
+# The task -> the config (view) of the built dataset that holds its instances.
+TASK_VIEWS = {"task1": "response", "task2": "retrieval", "task3": "emotion"}
+SPLITS = ("train", "validation", "easy_test", "hard_test")
 # The split of the built dataset -> the part of the release's file names that names it.
+DIALOGUE_SPLITS = {"train": "train", "validation": "val"}
 TASK_SPLITS = {"validation": "val", "easy_test": "test_easy", "hard_test": "test_hard"}
 
 
@@ -45,6 +52,8 @@ class Release:
     features: dict[str, list[float]] | None = None
     dialogues: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> id -> turns
     tasks: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # split -> task -> instances
+    blank_tasks: dict[str, list[str]] = field(default_factory=dict)  # split -> tasks whose answers are all blank
+    missing_files: list[str] = field(default_factory=list)  # dialogue and task files the release does not have
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
 
@@ -100,17 +109,21 @@ def check_turn(release: Release, file: str, where: str, turn: Any, needs_text_or
     if "img_id" in turn:
         meme = turn["img_id"]
         if meme in release.listed_memes and meme not in release.meme_files:
-            release.problem(file, where, f"img_id {meme!r} has no usable image (see its meme_set/ problem)")
+            release.problem(file, where, f"img_id {meme!r} is unusable (see the problem of meme {meme!r})")
         elif meme not in release.meme_files:
             release.problem(file, where, f"img_id {meme!r} is not in img2id.json")
         emotion = turn.get("emotion_id")
-        if emotion is not None and not (isinstance(emotion, int) and 0 <= emotion < len(release.emotions)):
+        if emotion is not None and not is_emotion(release, emotion):
             release.problem(file, where, f"emotion_id {emotion!r} is not an id of emotion_dict.json")
     if turn.get("txt") is not None and not isinstance(turn["txt"], str):
         release.problem(file, where, f"txt must be a string, got {type(turn['txt']).__name__}")
     if needs_text_or_meme and not turn.get("txt") and "img_id" not in turn:
         release.problem(file, where, "turn has neither txt nor img_id")
     return len(release.problems) == problems_before
+
+
+def is_emotion(release: Release, emotion: Any) -> bool:
+    return isinstance(emotion, int) and not isinstance(emotion, bool) and 0 <= emotion < len(release.emotions)
 
 
 def read_memes(release: Release) -> None:
@@ -139,9 +152,7 @@ def read_memes(release: Release) -> None:
             release.problem(f"meme_set/{file_name}", f"meme {meme_id!r}", problem)
             continue
         release.meme_files[meme_id] = file_name
-    features = load_json(release, "id2feature.json", required=False)
-    if isinstance(features, dict):
-        release.features = {str(meme): [float(x) for x in vector] for meme, vector in features.items()}
+    read_features(release)
 
 
 def image_problem(path: Path) -> str | None:
@@ -155,8 +166,48 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
+def read_features(release: Release) -> None:
+    """`id2feature.json`, when the release has it: one vector of numbers per meme, all of one length. A meme whose
+    vector is missing or malformed is reported and left unusable, like a meme whose image is broken."""
+    content = load_json(release, "id2feature.json", required=False)
+    if content is None:
+        return
+    if not isinstance(content, dict):
+        release.problem("id2feature.json", "", "must map meme ids to feature vectors")
+        return
+    vectors = {meme: content.get(meme) for meme in release.meme_files}
+    sizes = Counter(len(v) for v in vectors.values() if is_vector(v))
+    size = sizes.most_common(1)[0][0] if sizes else None
+    for meme, vector in vectors.items():
+        if not is_vector(vector):
+            problem = "no feature vector" if vector is None else "the feature is not a non-empty list of numbers"
+        elif len(vector) != size:
+            problem = f"the feature has {len(vector)} numbers, the other memes' {size}"
+        else:
+            continue
+        release.problem("id2feature.json", f"meme {meme!r}", problem)
+        del release.meme_files[meme]
+    release.features = {meme: [float(x) for x in content[meme]] for meme in release.meme_files}
+
+
+def is_vector(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    )
+
+
+def read_optional(release: Release, name: str) -> Any:
+    """A dialogue or task file: each may be missing (the split is then built from what the release has)."""
+    if not (release.root / name).exists():
+        release.missing_files.append(name)
+        return None
+    return load_json(release, name)
+
+
 def read_dialogues(release: Release, split: str, name: str, skip_invalid: bool) -> None:
-    content = load_json(release, name)
+    content = read_optional(release, name)
     if content is None:
         return
     if not isinstance(content, dict):
@@ -174,49 +225,108 @@ def read_dialogues(release: Release, split: str, name: str, skip_invalid: bool) 
 
 
 def read_task(release: Release, split: str, task: str, name: str, skip_invalid: bool) -> None:
-    content = load_json(release, name)
+    content = read_optional(release, name)
     if content is None:
         return
     if not isinstance(content, list):
         release.problem(name, "", "a task file must be a list of instances")
         return
-    kept = []
+    kept = {}
     for index, instance in enumerate(content):
         before = len(release.problems)
         if check_instance(release, name, f"instance {index}", task, instance):
-            kept.append(instance)
+            kept[index] = instance
         elif skip_invalid:
             release.skipped += release.problems[before:]
             del release.problems[before:]
-    release.tasks.setdefault(split, {})[task] = kept
+    if check_blank_answers(release, name, task, kept):
+        release.blank_tasks.setdefault(split, []).append(task)
+    release.tasks.setdefault(split, {})[task] = list(kept.values())
+
+
+def is_blank(task: str, answer: dict) -> bool:
+    """Whether the answer's gold field is there but empty, as in the challenge's test release."""
+    field_name = ANSWER_FIELDS[task]
+    return field_name in answer and answer[field_name] in ("", None)
+
+
+def check_blank_answers(release: Release, name: str, task: str, instances: dict[int, dict]) -> bool:
+    """Whether the file's answers are all blank; a file mixing blank and annotated answers is a problem."""
+    blank = [index for index, instance in instances.items() if is_blank(task, instance["answer"])]
+    if not blank or len(blank) == len(instances):
+        return bool(blank)
+    annotated = [index for index in instances if index not in set(blank)]
+    fewer, kind, other = (
+        (blank, "blank", "annotated") if len(blank) <= len(annotated) else (annotated, "annotated", "blank")
+    )
+    shown = ", ".join(map(str, fewer[:5])) + (", ..." if len(fewer) > 5 else "")
+    release.problem(
+        name,
+        "",
+        f"{len(fewer)} of {len(instances)} answers are {kind} (instance {shown}), the others {other}: "
+        "a task file must be all blank (unannotated) or all annotated",
+    )
+    return False
 
 
 def check_instance(release: Release, file: str, where: str, task: str, instance: Any) -> bool:
-    if not isinstance(instance, dict) or "history" not in instance or "answer" not in instance:
-        release.problem(file, where, "an instance must be an object with 'history' and 'answer'")
+    if not isinstance(instance, dict) or "history" not in instance or not isinstance(instance.get("answer"), dict):
+        release.problem(file, where, "an instance must be an object with 'history' and an 'answer' object")
         return False
+    answer, blank = instance["answer"], is_blank(task, instance["answer"])
     ok = check_turns(release, file, where, instance["history"])
-    ok &= check_turn(release, file, f"{where}, answer", instance["answer"], needs_text_or_meme=False)
-    answer = instance["answer"] if isinstance(instance["answer"], dict) else {}
-    if task == "task1" and not isinstance(answer.get("txt"), str):
-        release.problem(file, f"{where}, answer", "a task1 answer needs its txt")
-        ok = False
+    given = {key: value for key, value in answer.items() if not (blank and key == ANSWER_FIELDS[task])}
+    ok &= check_turn(release, file, f"{where}, answer", given, needs_text_or_meme=False)
+    if not blank:
+        ok &= check_gold(release, file, f"{where}, answer", task, answer)
     if task == "task2":
-        candidates = (instance.get("candidate") or {}).get("set")
-        if not isinstance(candidates, list) or not candidates:
-            release.problem(file, where, "a task2 instance needs candidate.set, a list of meme ids")
-            return False
-        unknown = [meme for meme in candidates if meme not in release.meme_files]
-        if unknown:
-            release.problem(file, where, f"candidate meme(s) {unknown} are not in img2id.json or have no usable image")
-            ok = False
-        if answer.get("img_id") not in candidates:
-            release.problem(file, where, f"answer meme {answer.get('img_id')!r} is not among its candidates")
-            ok = False
-    if task == "task3" and not isinstance(answer.get("emotion_id"), int):
-        release.problem(file, f"{where}, answer", "a task3 answer needs its emotion_id")
+        ok &= check_candidates(release, file, where, instance, None if blank else answer.get("img_id"))
+    if task == "task3" and ok and "img_id" not in instance["history"][-1]:
+        release.problem(
+            file, f"{where}, turn {len(instance['history']) - 1}", "a task3 history must end with the meme"
+        )
         ok = False
     return ok
+
+
+def check_gold(release: Release, file: str, where: str, task: str, answer: dict) -> bool:
+    if task == "task1" and not isinstance(answer.get("txt"), str):
+        release.problem(file, where, "a task1 answer needs its txt")
+        return False
+    if task == "task2" and "img_id" not in answer:
+        release.problem(file, where, "a task2 answer needs its img_id")
+        return False
+    if task == "task3" and not is_emotion(release, answer.get("emotion_id")):
+        release.problem(file, where, "a task3 answer needs its emotion_id, an id of emotion_dict.json")
+        return False
+    return True
+
+
+def check_candidates(release: Release, file: str, where: str, instance: dict, gold: str | None) -> bool:
+    candidates = instance.get("candidate", {}).get("set") if isinstance(instance.get("candidate"), dict) else None
+    if not isinstance(candidates, list) or not candidates:
+        release.problem(file, where, "a task2 instance needs candidate.set, a list of meme ids")
+        return False
+    unknown = [meme for meme in candidates if meme not in release.meme_files]
+    if unknown:
+        release.problem(file, where, f"candidate meme(s) {unknown} are not in img2id.json or are unusable")
+        return False
+    if gold is not None and gold not in candidates:
+        release.problem(file, where, f"answer meme {gold!r} is not among its candidates")
+        return False
+    return True
+
+
+def check_task_sets(release: Release) -> None:
+    """A split's three task files come together: one that is there without the others is a problem."""
+    for stem in TASK_SPLITS.values():
+        names = [f"{release.prefix}_{stem}_{task}.json" for task in TASKS]
+        missing = [name for name in names if name in release.missing_files]
+        present = [name for name in names if name not in missing]
+        if missing and present:
+            there = f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} there"
+            for name in missing:
+                release.problem(name, "", f"missing, while {there}: a split's task files come as a set of three")
 
 
 def read_release(root: Path, language: str = "zh", skip_invalid: bool = False) -> Release:
@@ -233,11 +343,14 @@ def read_release(root: Path, language: str = "zh", skip_invalid: bool = False) -
     # memes do not stop the reading, so that the error lists the problems of the dialogues and tasks as well.
     if any(p not in per_meme for p in release.problems):
         raise InvalidReleaseError(release.problems)
-    read_dialogues(release, "train", f"{release.prefix}_train.json", skip_invalid)
-    read_dialogues(release, "validation", f"{release.prefix}_val.json", skip_invalid)
+    for split, stem in DIALOGUE_SPLITS.items():
+        read_dialogues(release, split, f"{release.prefix}_{stem}.json", skip_invalid)
     for split, stem in TASK_SPLITS.items():
         for task in TASKS:
             read_task(release, split, task, f"{release.prefix}_{stem}_{task}.json", skip_invalid)
+    check_task_sets(release)
+    if not release.dialogues and not release.tasks and not release.problems:
+        release.problem(str(root), "", f"no split to build: none of {', '.join(release.missing_files)} is there")
     if release.problems:
         raise InvalidReleaseError(release.problems)
     return release

@@ -2,13 +2,17 @@
 
 Forty memes are drawn with PIL; each belongs to an emotion and a topic word. Dialogues talk about topics, and a
 speaker who answers about a topic often sends its meme, with the meme's emotion: the context predicts the meme.
-Memes 032-039 never appear in train or validation and make up part of the hard test.
+Some meme turns carry no emotion, as in the real dialogues. Memes 032-039 never appear in train or validation and
+make up part of the hard test. The task files follow the organisers' layout: a task 2 reply's text is the last
+history turn (a meme-only reply has none), with 10 or 11 candidates; a task 3 history ends with the meme turn
+without its emotion, which the answer holds. `id2feature.json` stands in for the organisers' CLIP features.
 """
 
 import json
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 EMOTIONS = ["开心", "难过", "生气", "惊讶", "害怕", "无语", "喜欢", "疑惑"]
@@ -29,6 +33,10 @@ FEELINGS = {
     "喜欢": ["好喜欢", "爱了爱了", "太可爱了"],
     "疑惑": ["为什么呢", "不明白", "怎么回事"],
 }
+NO_EMOTION_RATE = 0.15  # meme turns without an emotion_id
+ELEVEN_CANDIDATES_RATE = 0.25  # task 2 instances with 11 candidates instead of 10
+FEATURE_SIZE = 512
+FEATURE_SEED = 512
 ASKS = ["你觉得{t}怎么样", "今天的{t}呢", "说说{t}吧", "{t}怎么了", "听说{t}了"]
 SMALL_TALK = ["你好呀", "在干嘛呢", "吃饭了吗", "最近好吗", "晚安", "嗯嗯", "好的", "明天见", "是吗", "我也是"]
 COLOURS = [
@@ -42,6 +50,9 @@ COLOURS = [
     (60, 170, 150),
 ]
 
+SHAPE_COLOURS = [(255, 255, 255), (160, 90, 40), (230, 0, 230), (0, 200, 0), (0, 190, 255)]
+SHAPE_BOX = (20, 16, 44, 40)
+
 
 def meme_id(index: int) -> str:
     return f"{index:03d}"
@@ -52,12 +63,13 @@ def emotion_of(index: int) -> int:
 
 
 def draw_meme(index: int) -> Image.Image:
-    """A 64x64 sticker: a background of its emotion's colour, a shape and a face that tell it apart."""
+    """A 64x64 sticker: a background of its emotion's colour (most of the image), and a small shape in a colour of
+    its own and a face that tell it apart."""
     image = Image.new("RGB", (64, 64), COLOURS[emotion_of(index)])
     draw = ImageDraw.Draw(image)
     shape = index // len(EMOTIONS)
-    fill = tuple(255 - c for c in COLOURS[(index * 3) % len(COLOURS)])
-    box = (8 + shape * 2, 8 + shape, 56 - shape, 56 - shape * 2)
+    fill = SHAPE_COLOURS[shape]
+    box = SHAPE_BOX
     if shape == 0:
         draw.ellipse(box, fill=fill)
     elif shape == 1:
@@ -92,10 +104,13 @@ def make_dialogue(rng: random.Random, meme_pool: list[int]) -> list[dict]:
         say(txt=rng.choice(ASKS).format(t=topic))
         style = rng.random()
         feeling = f"{topic}{rng.choice(FEELINGS[EMOTIONS[emotion]])}"
+        meme = {"img_id": meme_id(index)}
+        if rng.random() >= NO_EMOTION_RATE:
+            meme["emotion_id"] = emotion
         if style < 0.45:
-            say(txt=feeling, img_id=meme_id(index), emotion_id=emotion)
+            say(txt=feeling, **meme)
         elif style < 0.75:
-            say(img_id=meme_id(index), emotion_id=emotion)
+            say(**meme)
         else:
             say(txt=feeling)
         if rng.random() < 0.4:
@@ -104,38 +119,60 @@ def make_dialogue(rng: random.Random, meme_pool: list[int]) -> list[dict]:
 
 
 def task_instances(dialogues: list[list[dict]], rng: random.Random, candidate_pool: list[int]) -> dict[str, list]:
-    """One instance per task and dialogue where the dialogue has such an answer; 10 candidates for task 2."""
+    """One instance per task and dialogue where the dialogue has such an answer (task 3: a meme with its emotion)."""
     tasks: dict[str, list] = {"task1": [], "task2": [], "task3": []}
     for turns in dialogues:
         text_answers = [k for k in range(1, len(turns)) if turns[k].get("txt")]
         meme_answers = [k for k in range(1, len(turns)) if "img_id" in turns[k]]
+        emotion_answers = [k for k in meme_answers if "emotion_id" in turns[k]]
         if text_answers:
             k = rng.choice(text_answers)
             tasks["task1"].append(
                 {"history": turns[:k], "answer": {"speaker_id": turns[k]["speaker_id"], "txt": turns[k]["txt"]}}
             )
         if meme_answers:
-            k = rng.choice(meme_answers)
-            gold = turns[k]["img_id"]
-            others = rng.sample([meme_id(i) for i in candidate_pool if meme_id(i) != gold], 9)
-            candidates = [gold, *others]
-            rng.shuffle(candidates)
-            answer = {"speaker_id": turns[k]["speaker_id"], "img_id": gold}
-            tasks["task2"].append(
-                {
-                    "history": turns[:k],
-                    "candidate": {"speaker_id": answer["speaker_id"], "set": candidates},
-                    "answer": answer,
-                }
-            )
-            k = rng.choice(meme_answers)
+            tasks["task2"].append(retrieval_instance(turns, rng.choice(meme_answers), rng, candidate_pool))
+        if emotion_answers:
+            k = rng.choice(emotion_answers)
+            meme_turn = {key: value for key, value in turns[k].items() if key != "emotion_id"}
             answer = {"speaker_id": turns[k]["speaker_id"], "emotion_id": turns[k]["emotion_id"]}
-            tasks["task3"].append({"history": turns[: k + 1], "answer": answer})
+            tasks["task3"].append({"history": [*turns[:k], meme_turn], "answer": answer})
     return tasks
+
+
+def retrieval_instance(turns: list[dict], k: int, rng: random.Random, candidate_pool: list[int]) -> dict:
+    """The reply at turn `k`: its text (if any) closes the history, its meme is the answer among the candidates."""
+    reply, gold = turns[k], turns[k]["img_id"]
+    text = [{"speaker_id": reply["speaker_id"], "txt": reply["txt"]}] if "txt" in reply else []
+    size = 11 if rng.random() < ELEVEN_CANDIDATES_RATE else 10
+    candidates = [gold, *rng.sample([meme_id(i) for i in candidate_pool if meme_id(i) != gold], size - 1)]
+    rng.shuffle(candidates)
+    return {
+        "history": turns[:k] + text,
+        "candidate": {"speaker_id": reply["speaker_id"], "set": candidates},
+        "answer": {"speaker_id": reply["speaker_id"], "img_id": gold},
+    }
+
+
+def meme_features(images: list[Image.Image]) -> list[list[float]]:
+    """Stand-ins for CLIP features that carry each meme's look: a fixed random +-1 projection of its centred 16x16
+    pixels, L2-normalised, 4 decimals. Integer arithmetic up to the normalisation, so every platform gets the same
+    numbers."""
+    pixels = np.stack([np.asarray(image.reduce(4), dtype=np.int64).reshape(-1) - 128 for image in images])
+    signs = random.Random(FEATURE_SEED).choices((-1, 1), k=pixels.shape[1] * FEATURE_SIZE)
+    projected = pixels @ np.array(signs, dtype=np.int64).reshape(pixels.shape[1], FEATURE_SIZE)
+    norms = np.sqrt((projected * projected).sum(axis=1, keepdims=True))
+    return [[round(x, 4) for x in row] for row in (projected / norms).tolist()]
 
 
 def write_json(path: Path, content) -> None:
     path.write_text(json.dumps(content, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def write_features(path: Path, features: dict[str, list[float]]) -> None:
+    """`id2feature.json`, one meme a line, without spaces: the file stays small."""
+    lines = [f"{json.dumps(meme)}:{json.dumps(vector, separators=(',', ':'))}" for meme, vector in features.items()]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
 
 
 def make_sample(
@@ -145,9 +182,11 @@ def make_sample(
     out = Path(out_dir)
     (out / "meme_set").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    for index in range(NUM_MEMES):
-        draw_meme(index).save(out / "meme_set" / f"{meme_id(index)}.png", optimize=True)
+    images = [draw_meme(index) for index in range(NUM_MEMES)]
+    for index, image in enumerate(images):
+        image.save(out / "meme_set" / f"{meme_id(index)}.png", optimize=True)
     write_json(out / "img2id.json", {f"{meme_id(i)}.png": meme_id(i) for i in range(NUM_MEMES)})
+    write_features(out / "id2feature.json", dict(zip(map(meme_id, range(NUM_MEMES)), meme_features(images))))
     write_json(out / "emotion_dict.json", {name: i for i, name in enumerate(EMOTIONS)})
     seen = [i for i in range(NUM_MEMES) if i not in UNSEEN]
     train = {f"dialogue {i}": make_dialogue(rng, seen) for i in range(num_train)}

@@ -1,5 +1,6 @@
-"""mod_dataset: the built sample against the raw release files, loading in a fresh process, every kind of bad input
-reported at once (or skipped), atomic and deterministic builds, the dataset card, stats, and the hub upload."""
+"""mod_dataset: the built sample against the raw release files, loading in a fresh process, the release variants
+(train/validation only, blank test answers, tests alone, a few memes), every kind of bad input reported at once (or
+skipped), atomic and deterministic builds, the dataset card, stats, and the hub upload."""
 
 import hashlib
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -24,7 +26,9 @@ from mod_dataset.__main__ import main
 
 TASKS = ("task1", "task2", "task3")
 TASK_FILES = {"validation": "c_val", "easy_test": "c_test_easy", "hard_test": "c_test_hard"}
+TEST_SPLITS = ("easy_test", "hard_test")
 VIEWS = {"task1": "response", "task2": "retrieval", "task3": "emotion"}
+ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
 
 # Run in a fresh interpreter from another folder: only `datasets` reads the built folder, no code of this repo.
 LOADER = textwrap.dedent(
@@ -87,6 +91,31 @@ def as_turn(turn: dict) -> dict:
     }
 
 
+def reply_text(instance: dict) -> str | None:
+    """Official task 2 layout: the reply's text is the last history turn when that turn is the answering speaker's
+    text alone; a meme-only reply has no such turn."""
+    last = instance["history"][-1]
+    same_speaker = last["speaker_id"] == instance["answer"]["speaker_id"]
+    return last["txt"] if same_speaker and last.get("txt") and "img_id" not in last else None
+
+
+def instance_path(task: str, instance: dict) -> list[dict]:
+    """The turns of an annotated test instance whose meme use the release states (the rule of the package docs)."""
+    turns = [as_turn(t) for t in instance["history"]]
+    answer = instance["answer"]
+    if task == "task2":
+        text = reply_text(instance)
+        history = turns[:-1] if text is not None else turns
+        return [*history, {**as_turn(answer), "text": text, "meme": answer["img_id"]}]
+    if task == "task3":
+        turns[-1]["emotion"] = answer["emotion_id"]
+    return turns
+
+
+def turn_keys(turns: list[dict]) -> tuple:
+    return tuple((t["speaker"], t["text"], t["meme"]) for t in turns)
+
+
 def offline_env(tmp_path: Path) -> dict:
     """No HF cache or PYTHONPATH of the caller: a private HF_HOME, offline."""
     environment = {
@@ -101,7 +130,8 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def read_parquet(folder: Path, config: str, split: str) -> list[dict]:
-    return pq.read_table(folder / config / f"{split}-00000-of-00001.parquet").to_pylist()
+    (path,) = (folder / config).glob(f"{split}-*.parquet")
+    return pq.read_table(path).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +168,8 @@ def test_fresh_process_loads_four_splits_with_the_raw_row_counts(loaded):
     rows = {split: len(dialogues) for split, dialogues in loaded["splits"].items()}
     assert rows["train"] == len(raw("c_train.json"))
     assert rows["validation"] == len(raw("c_val.json"))
-    for split in ("easy_test", "hard_test"):
-        assert rows[split] == sum(len(raw(task_file(split, task))) for task in TASKS), split
+    for split in TEST_SPLITS:  # one row per set of overlapping instances (see the test dialogues test below)
+        assert 0 < rows[split] <= sum(len(raw(task_file(split, task))) for task in TASKS), split
 
 
 def test_emotion_names_follow_emotion_dict_ids(loaded):
@@ -163,16 +193,29 @@ def test_a_dialogue_spot_check_keeps_text_meme_and_emotion_name(loaded):
     assert memes  # the spot-checked dialogue does hold memes
 
 
-@pytest.mark.parametrize("split", ["easy_test", "hard_test"])
-def test_test_split_rows_are_the_task_instances(loaded, split):
-    """One row per instance: its history plus the answer turn (task 3: the history alone, its last turn is the meme)."""
-    expected = []
-    for task in TASKS:
-        for instance in raw(task_file(split, task)):
-            answer = {**instance["answer"], "emotion_id": None}
-            tail = [] if task == "task3" else [as_turn(answer)]
-            expected.append([as_turn(t) for t in instance["history"]] + tail)
-    assert [row["turns"] for row in loaded["splits"][split]] == expected
+@pytest.mark.parametrize("split", TEST_SPLITS)
+def test_test_dialogues_are_the_longest_instance_paths(loaded, split):
+    """Each row is one instance's turns of stated meme use: task 1 without its answer, task 2 with the reply merged
+    into one turn (text + gold meme), task 3 with its gold emotion; no row is the start of another, and every
+    instance's path starts some row, so no turn is scored twice and none is lost."""
+    paths = {
+        f"{split} {task} {index}": instance_path(task, instance)
+        for task in TASKS
+        for index, instance in enumerate(raw(task_file(split, task)))
+    }
+    rows = loaded["splits"][split]
+    for row in rows:
+        assert row["turns"] == paths[row["dialogue_id"]], row["dialogue_id"]
+    keys = [turn_keys(row["turns"]) for row in rows]
+    for i, key in enumerate(keys):
+        assert not any(other[: len(key)] == key for j, other in enumerate(keys) if j != i), rows[i]["dialogue_id"]
+    for name, path in paths.items():
+        assert any(key[: len(path)] == turn_keys(path) for key in keys), name
+    for row in rows:  # a task 2 reply is one turn, never its text followed by a separate meme-only turn
+        for before, after in zip(row["turns"], row["turns"][1:]):
+            split_reply = before["speaker"] == after["speaker"] and before["meme"] is None and after["text"] is None
+            assert not split_reply, row["dialogue_id"]
+    assert len(rows) < len(paths)  # the sample's instances overlap: the merge is exercised
 
 
 def test_memes_decode_to_the_release_images(loaded):
@@ -209,14 +252,20 @@ def test_task_views_hold_the_raw_instances_candidates_and_answers(loaded, split)
         rows = views[view][split]
         assert len(rows) == len(instances), (split, task)
         for row, instance in zip(rows, instances):
-            assert row["history"] == [as_turn(t) for t in instance["history"]]
+            history = [as_turn(t) for t in instance["history"]]
             assert row["speaker"] == instance["answer"]["speaker_id"].strip("[]")
             if task == "task1":
+                assert row["history"] == history
                 assert row["answer"] == instance["answer"]["txt"]
-            elif task == "task2":
+            elif task == "task2":  # the reply's text moves from the end of the history to answer_text
+                text = reply_text(instance)
+                assert row["answer_text"] == text
+                assert row["history"] == (history[:-1] if text is not None else history)
                 assert row["candidates"] == instance["candidate"]["set"]
                 assert row["answer"] == instance["answer"]["img_id"]
-            else:
+            else:  # the last turn holds the meme; its emotion is the answer, not part of the history
+                assert row["history"] == [*history[:-1], {**history[-1], "emotion": None}]
+                assert row["history"][-1]["meme"] == instance["history"][-1]["img_id"]
                 assert row["answer"] == instance["answer"]["emotion_id"]
 
 
@@ -227,7 +276,60 @@ def test_train_task_views_are_cut_from_train_dialogues(loaded):
     for row in retrieval:
         assert len(row["candidates"]) == 10 and len(set(row["candidates"])) == 10
         assert row["answer"] in row["candidates"]
-        assert any(turns[: len(row["history"])] == row["history"] for turns in dialogues.values())
+        turns = dialogues[row["id"].rsplit(" turn ", 1)[0]]
+        reply = turns[len(row["history"])]
+        assert turns[: len(row["history"])] == row["history"]
+        assert (row["answer_text"], row["answer"]) == (reply["text"], reply["meme"])
+    emotion = loaded["views"]["emotion"]["train"]
+    assert len(emotion) == sum(1 for turns in dialogues.values() for t in turns[1:] if t["emotion"] is not None)
+    for row in emotion:  # like the official task 3: the meme closes the history, its emotion is only the answer
+        turns = dialogues[row["id"].rsplit(" turn ", 1)[0]]
+        meme_turn = turns[len(row["history"]) - 1]
+        assert row["history"] == [*turns[: len(row["history"]) - 1], {**meme_turn, "emotion": None}]
+        assert meme_turn["emotion"] is not None and row["answer"] == meme_turn["emotion"]
+
+
+# The sample follows the official layout --------------------------------------------------------------------------------
+
+
+def test_sample_task2_has_reply_texts_meme_only_replies_and_10_or_11_candidates(loaded):
+    for split in TASK_FILES:
+        instances = raw(task_file(split, "task2"))
+        texts = [reply_text(x) for x in instances]
+        assert 0 < texts.count(None) < len(texts), split  # meme-only replies and replies with text
+        assert sorted({len(x["candidate"]["set"]) for x in instances}) == [10, 11], split
+        for instance in instances:
+            assert set(instance["answer"]) == {"speaker_id", "img_id"}
+            assert instance["candidate"]["speaker_id"] == instance["answer"]["speaker_id"]
+        rows = loaded["views"]["retrieval"][split]
+        assert [row["answer_text"] for row in rows] == texts
+        assert [len(row["candidates"]) for row in rows] == [len(x["candidate"]["set"]) for x in instances]
+
+
+def test_sample_has_meme_turns_without_emotion_and_task3_answers_with_one(loaded):
+    turns = [t for turns in raw("c_train.json").values() for t in turns if "img_id" in t]
+    without = [t for t in turns if "emotion_id" not in t]
+    assert 0.05 < len(without) / len(turns) < 0.3
+    built = [t for row in loaded["splits"]["train"] for t in row["turns"] if t["meme"] is not None]
+    assert sum(t["emotion"] is None for t in built) == len(without)
+    for split in TASK_FILES:
+        for instance in raw(task_file(split, "task3")):
+            last = instance["history"][-1]
+            assert "img_id" in last and "emotion_id" not in last  # as in the organisers' example
+            assert isinstance(instance["answer"]["emotion_id"], int)
+
+
+def test_memes_feature_column_equals_id2feature(sample_dataset):
+    features = raw("id2feature.json")
+    rows = read_parquet(sample_dataset, "memes", "train")
+    assert sorted(features) == [row["meme_id"] for row in rows]
+    built = np.array([row["feature"] for row in rows], dtype=np.float32)
+    assert built.shape == (len(rows), 512)
+    np.testing.assert_array_equal(built, np.array([features[row["meme_id"]] for row in rows], dtype=np.float32))
+    np.testing.assert_allclose(np.linalg.norm(built, axis=1), 1, atol=1e-3)  # L2-normalised like CLIP features
+    similarity = built @ built.T  # the features tell the memes apart: each is nearest to itself
+    assert (similarity.argmax(axis=1) == np.arange(len(rows))).all()
+    assert (similarity - 2 * np.eye(len(rows))).max() < 0.98
 
 
 # Bad input -------------------------------------------------------------------------------------------------------------
@@ -243,6 +345,9 @@ def write(root: Path, name: str, content) -> None:
     (root / name).write_text(json.dumps(content, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
+BROKEN_MEMES = {"010", "011", "012"}  # no image, a broken image, a feature of the wrong size
+
+
 def plant_row_problems(root: Path) -> list[tuple[str, str, str]]:
     """Problems that spoil single dialogues, instances or memes; returns (file, where, message) to be reported."""
     train = raw("c_train.json", root)
@@ -253,20 +358,26 @@ def plant_row_problems(root: Path) -> list[tuple[str, str, str]]:
     (root / "meme_set" / "010.png").unlink()
     png = (root / "meme_set" / "011.png").read_bytes()
     (root / "meme_set" / "011.png").write_bytes(png[: len(png) // 2])
+    features = raw("id2feature.json", root)
+    features["012"] = features["012"][:2]
+    write(root, "id2feature.json", features)
     task2 = raw("c_val_task2.json", root)
     outsider = next(m for m in sorted(raw("img2id.json").values()) if m not in task2[2]["candidate"]["set"])
     task2[2]["answer"]["img_id"] = outsider
     write(root, "c_val_task2.json", task2)
-    user_of_010 = next(
-        i for i, turns in train.items() if isinstance(turns, list) and any(t.get("img_id") == "010" for t in turns)
-    )
+    user_of = {
+        meme: next(i for i, t in train.items() if isinstance(t, list) and any(x.get("img_id") == meme for x in t))
+        for meme in ("010", "012")
+    }
     return [
         ("c_train.json", "'dialogue 3', turn 0", "turn has no speaker_id"),
         ("c_train.json", "'dialogue 5', turn 0", "img_id '999' is not in img2id.json"),
         ("c_train.json", "'dialogue 7'", "must be a non-empty list of turns"),
         ("meme_set/010.png", "'010'", "image file is missing"),
         ("meme_set/011.png", "'011'", "image cannot be decoded"),
-        ("c_train.json", f"'{user_of_010}'", "img_id '010' has no usable image"),
+        ("id2feature.json", "'012'", "the feature has 2 numbers, the other memes' 512"),
+        ("c_train.json", f"'{user_of['010']}'", "img_id '010' is unusable (see the problem of meme '010')"),
+        ("c_train.json", f"'{user_of['012']}'", "img_id '012' is unusable"),
         ("c_val_task2.json", "instance 2", f"answer meme '{outsider}' is not among its candidates"),
     ]
 
@@ -312,22 +423,23 @@ def test_skip_invalid_builds_without_the_bad_rows_and_counts_them(tmp_path):
     for reason in ("turn has no speaker_id", "img_id '999' is not in img2id.json", "image file is missing"):
         assert skipped[reason] == 1, skipped
     assert skipped["image cannot be decoded"] == 1
+    assert skipped["the feature has 2 numbers, the other memes' 512"] == 1
     assert skipped["a dialogue must be a non-empty list of turns, got str"] == 1
     assert sum(n for reason, n in skipped.items() if reason.startswith("answer meme")) == 1
-    assert skipped["img_id '010' has no usable image"] > 0 and skipped["img_id '011' has no usable image"] > 0
+    assert all(skipped[f"img_id '{meme}' is unusable"] > 0 for meme in BROKEN_MEMES)
 
     train = raw("c_train.json", root)
     bad = {"dialogue 3", "dialogue 5", "dialogue 7"}
     uses_broken_meme = {
-        i for i, turns in train.items() if i not in bad and {"010", "011"} & {t.get("img_id") for t in turns}
+        i for i, turns in train.items() if i not in bad and BROKEN_MEMES & {t.get("img_id") for t in turns}
     }
     built = [row["dialogue_id"] for row in read_parquet(tmp_path / "out", "dialogues", "train")]
     assert built == [i for i in train if i not in bad | uses_broken_meme]
     memes = {row["meme_id"] for row in read_parquet(tmp_path / "out", "memes", "train")}
-    assert memes == set(raw("img2id.json").values()) - {"010", "011"}
+    assert memes == set(raw("img2id.json").values()) - BROKEN_MEMES
     answers = [row["answer"] for row in read_parquet(tmp_path / "out", "retrieval", "validation")]
     kept = [x for i, x in enumerate(raw("c_val_task2.json", root)) if i != 2]
-    kept = [x for x in kept if not {"010", "011"} & {*x["candidate"]["set"], *(t.get("img_id") for t in x["history"])}]
+    kept = [x for x in kept if not BROKEN_MEMES & {*x["candidate"]["set"], *(t.get("img_id") for t in x["history"])}]
     assert answers == [x["answer"]["img_id"] for x in kept]
 
 
@@ -352,6 +464,140 @@ def test_cli_build_reports_problems_or_prints_what_it_skipped(tmp_path, capsys):
     assert f"left out the rows with {sum(skipped.values())} problem(s): " in printed
     assert "1 x turn has no speaker_id" in printed and "1 x image file is missing" in printed
     assert f"dialogues: train {len(read_parquet(tmp_path / 'out', 'dialogues', 'train'))}," in printed
+
+
+# Release variants ------------------------------------------------------------------------------------------------------
+
+
+def delete_files(root: Path, *patterns: str) -> list[str]:
+    names = sorted(p.name for pattern in patterns for p in root.glob(pattern))
+    for name in names:
+        (root / name).unlink()
+    return names
+
+
+def blank_test_answers(root: Path) -> None:
+    """The challenge's test release as handed out: every answer keeps its speaker, its gold field is empty."""
+    for split in TEST_SPLITS:
+        for task in TASKS:
+            instances = raw(task_file(split, task), root)
+            for instance in instances:
+                instance["answer"] = {"speaker_id": instance["answer"]["speaker_id"], ANSWER_FIELDS[task]: ""}
+            write(root, task_file(split, task), instances)
+
+
+def built_splits(folder: Path) -> dict[str, list[str]]:
+    return {c["config_name"]: [f["split"] for f in c["data_files"]] for c in card_header(folder)["configs"]}
+
+
+def stats_of(folder: Path, capsys) -> str:
+    capsys.readouterr()
+    assert main(["stats", str(folder)]) == 0
+    return capsys.readouterr().out
+
+
+def test_train_validation_release_builds_its_two_splits(tmp_path, capsys):
+    root = copy_sample(tmp_path)
+    missing = delete_files(root, "c_test_*")
+    assert len(missing) == 6
+    result = build_dataset(root, tmp_path / "out")
+    assert result["release"] == {
+        "splits": ["train", "validation"],
+        "missing_splits": ["easy_test", "hard_test"],
+        "missing_files": missing,
+        "unannotated": {},
+    }
+    assert card_header(tmp_path / "out")["mod_release"] == result["release"]
+    splits = built_splits(tmp_path / "out")
+    assert splits.pop("memes") == ["train"]
+    assert splits == {config: ["train", "validation"] for config in ("dialogues", *VIEWS.values())}
+    assert not list((tmp_path / "out").rglob("*test*"))
+    assert len(read_parquet(tmp_path / "out", "retrieval", "validation")) == len(raw("c_val_task2.json"))
+    assert f"missing files: {', '.join(missing)}" in stats_of(tmp_path / "out", capsys)
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["with train and validation", "test files alone"])
+def test_test_release_with_blank_answers_builds_them_as_nulls(tmp_path, capsys, alone):
+    root = copy_sample(tmp_path)
+    blank_test_answers(root)
+    if alone:
+        delete_files(root, "c_train.json", "c_val*")
+    out = tmp_path / "out"
+    result = build_dataset(root, out)
+    splits = [*TEST_SPLITS] if alone else list(SPLITS)
+    unannotated = {split: list(VIEWS.values()) for split in TEST_SPLITS}
+    assert result["release"]["splits"] == splits and result["release"]["unannotated"] == unannotated
+    assert card_header(out)["mod_release"] == result["release"]
+    assert built_splits(out)["dialogues"] == splits
+    for split in TEST_SPLITS:
+        for task, view in VIEWS.items():
+            rows = read_parquet(out, view, split)
+            assert len(rows) == len(raw(task_file(split, task), root)) > 0
+            assert all(row["answer"] is None for row in rows), (split, view)
+        texts = [reply_text(x) for x in raw(task_file(split, "task2"), root)]
+        assert [row["answer_text"] for row in read_parquet(out, "retrieval", split)] == texts
+        # blank answers are left out of the dialogues: every turn there is a history turn of the release
+        history_turns = {
+            turn_keys([as_turn(t)]) for task in TASKS for x in raw(task_file(split, task), root) for t in x["history"]
+        }
+        dialogues = read_parquet(out, "dialogues", split)
+        assert dialogues and all(turn_keys([t]) in history_turns for row in dialogues for t in row["turns"])
+    if not alone:
+        assert all(row["answer"] is not None for row in read_parquet(out, "emotion", "validation"))
+    assert {row["seen"] for row in read_parquet(out, "memes", "train")} == ({None} if alone else {True, False})
+    printed = stats_of(out, capsys)
+    assert "blank answers (unannotated, null in the task views): easy_test (response, retrieval, emotion); " in printed
+    assert f"splits built: {', '.join(splits)}; not built: {'train, validation' if alone else 'none'}\n" in printed
+
+
+def test_full_release_card_records_no_missing_file_and_no_blank_split(sample_dataset):
+    record = {"splits": list(SPLITS), "missing_splits": [], "missing_files": [], "unannotated": {}}
+    assert card_header(sample_dataset)["mod_release"] == record
+
+
+def test_partial_task_files_and_mixed_answers_are_reported_even_when_skipping(tmp_path):
+    root = copy_sample(tmp_path)
+    delete_files(root, "c_test_easy_task2.json")
+    task1 = raw("c_test_hard_task1.json", root)
+    task1[3]["answer"]["txt"] = ""
+    write(root, "c_test_hard_task1.json", task1)
+    expected = [
+        ("c_test_easy_task2.json", "", "missing, while c_test_easy_task1.json and c_test_easy_task3.json are there"),
+        ("c_test_hard_task1.json", "", f"1 of {len(task1)} answers are blank (instance 3), the others annotated"),
+    ]
+    for skip_invalid in (False, True):
+        with pytest.raises(InvalidReleaseError) as error:
+            build_dataset(root, tmp_path / "out", skip_invalid=skip_invalid)
+        assert_reported(error.value.problems, expected)
+        assert len(error.value.problems) == 2
+
+
+def test_release_without_any_split_is_an_error(tmp_path):
+    root = copy_sample(tmp_path)
+    delete_files(root, "c_*.json")
+    with pytest.raises(InvalidReleaseError) as error:
+        build_dataset(root, tmp_path / "out")
+    assert [p.message.split(":")[0] for p in error.value.problems] == ["no split to build"]
+    assert "c_train.json" in str(error.value) and "c_test_hard_task3.json" in str(error.value)
+
+
+def test_a_release_with_fewer_memes_than_candidates_builds(tmp_path, capsys):
+    """Five memes: the derived retrieval views hold every meme as a candidate, as many as there are."""
+    root = copy_sample(tmp_path)
+    kept = {"000", "001", "002", "003", "004"}
+    write(root, "img2id.json", {name: meme for name, meme in raw("img2id.json").items() if meme in kept})
+    for name in ("c_train.json", "c_val.json"):
+        dialogues = raw(name, root)
+        write(root, name, {i: t for i, t in dialogues.items() if {x["img_id"] for x in t if "img_id" in x} <= kept})
+    delete_files(root, "c_*_task*.json")
+    assert main(["build", str(root), str(tmp_path / "out")]) == 0
+    train_memes = {t["meme"] for row in read_parquet(tmp_path / "out", "dialogues", "train") for t in row["turns"]}
+    train_memes.discard(None)
+    assert len(train_memes) == 5
+    for split in ("train", "validation"):
+        rows = read_parquet(tmp_path / "out", "retrieval", split)
+        assert rows and all(sorted(row["candidates"]) == sorted(train_memes) for row in rows), split
+        assert all(row["answer"] in row["candidates"] for row in rows)
 
 
 # Atomic and deterministic builds --------------------------------------------------------------------------------------
@@ -396,6 +642,26 @@ def test_building_twice_gives_byte_identical_files(sample_dataset, tmp_path):
             assert (sample_dataset / name).read_bytes() == content, name
 
 
+COUNT_ROWS = "import datasets, sys; print(len(datasets.load_dataset(sys.argv[1], 'response', split='easy_test')))"
+
+
+def test_a_rebuilt_folder_loads_its_new_rows_and_not_the_cache_of_the_old_ones(tmp_path):
+    """`datasets` caches a local folder under its name and card: every build's card must differ when the data does."""
+    root, out, env = copy_sample(tmp_path), tmp_path / "site" / "data", offline_env(tmp_path)
+
+    def rows_loaded() -> int:
+        command = [sys.executable, "-c", COUNT_ROWS, str(out)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return int(result.stdout)
+
+    build_dataset(root, out)
+    assert rows_loaded() == len(raw("c_test_easy_task1.json"))
+    write(root, "c_test_easy_task1.json", raw("c_test_easy_task1.json")[:5])
+    build_dataset(root, out)
+    assert rows_loaded() == 5
+
+
 def test_make_sample_regenerates_the_committed_sample_byte_for_byte(tmp_path):
     made = snapshot(make_sample(tmp_path / "sample"))
     committed = snapshot(SAMPLE_DIR)
@@ -404,7 +670,7 @@ def test_make_sample_regenerates_the_committed_sample_byte_for_byte(tmp_path):
 
 
 def test_the_sample_is_small():
-    assert sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file()) <= 2 * 1024 * 1024
+    assert sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file()) <= 1024 * 1024
 
 
 # Dataset card and stats ------------------------------------------------------------------------------------------------
@@ -427,25 +693,29 @@ def test_card_declares_every_config_and_split(sample_dataset):
             assert len(list(sample_dataset.glob(data_file["path"]))) == 1, data_file
 
 
-def test_card_has_licence_citation_and_statistics(sample_dataset, stats_output):
+def test_card_has_licence_citation_statistics_and_release_record(sample_dataset, stats_output):
     header = card_header(sample_dataset)
     assert header["license"] == "other" and header["license_name"]
     card = (sample_dataset / "README.md").read_text(encoding="utf-8")
     assert "## Licence" in card and "research use only" in card
     assert "## Citation" in card and "@article{fei2021towards" in card and "arXiv:2109.01839" in card
     statistics = card.split("## Statistics")[1].split("```")[1].strip()
-    assert statistics == stats_output.strip()
+    release = card.split("## Release")[1].split("```")[1].strip()
+    assert stats_output.strip() == f"{statistics}\n\n{release}"
+    assert release.splitlines()[1:] == [
+        f"  splits built: {', '.join(SPLITS)}; not built: none",
+        "  missing files: none",
+        "  blank answers (unannotated, null in the task views): none",
+    ]
 
 
-def test_stats_prints_tables_with_the_raw_dialogue_counts(stats_output):
+def test_stats_prints_tables_with_the_built_dialogue_counts(stats_output, loaded):
     lines = stats_output.splitlines()
     assert lines[0] == "Table 1: overall" and "Table 2: splits" in lines
-    rows = {line.split()[0]: line.split() for line in lines[lines.index("Table 2: splits") + 2 :]}
-    dialogues = {
-        "train": len(raw("c_train.json")),
-        "validation": len(raw("c_val.json")),
-        **{split: sum(len(raw(task_file(split, t))) for t in TASKS) for split in ("easy_test", "hard_test")},
-    }
+    table = lines[lines.index("Table 2: splits") + 2 : lines.index("Release") - 1]
+    rows = {line.split()[0]: line.split() for line in table}
+    dialogues = {split: len(rows) for split, rows in loaded["splits"].items()}
+    assert dialogues["train"] == len(raw("c_train.json")) and dialogues["validation"] == len(raw("c_val.json"))
     assert {split: int(row[1]) for split, row in rows.items()} == dialogues
     assert f"dialogues {sum(dialogues.values())}," in lines[1]
     assert f"memes {len(raw('img2id.json'))}, emotions {len(raw('emotion_dict.json'))}," in lines[2]
@@ -482,6 +752,7 @@ def test_push_to_hub_creates_a_dataset_repo_and_uploads_the_built_folder(sample_
     ]
     assert hub[0][2]["repo_type"] == "dataset"
     assert hub[1][2]["folder_path"] == str(sample_dataset) and hub[1][2]["repo_type"] == "dataset"
+    assert hub[1][2]["delete_patterns"] == ["*.parquet"]  # an earlier upload's files (other digests) are replaced
     assert url == "https://huggingface.co/datasets/someone/mod/commit/0123"
 
 
