@@ -39,10 +39,9 @@ class MODGPTConfig(PreTrainedConfig):
             them, as decoder input and as the target and candidates of retrieval:
             - `"standardize"`: subtract the per-dimension mean and divide by the per-dimension standard deviation
               of the meme bank (`fit_meme_feature_normalization`, kept as buffers, so memes added later are mapped
-              the same way). Features of one encoder share a large common component and vary along few directions
-              (a randomly initialised EfficientNet-b0 puts 88% of the variance of 40 memes in one direction, at a
-              root-mean-square of 4e-5 per dimension); standardising makes the regression target the differences
-              between memes, at unit scale.
+              the same way). An encoder's features share a large common component and vary along few directions
+              (a randomly initialised encoder's also at a tiny scale), so a loss on raw or merely rescaled features
+              is spent on what all memes share; standardised, the target is what tells memes apart, at unit scale.
             - `"rms"`: rescale every feature to an L2 norm of `sqrt(meme_feature_size)`.
             - `"none"`: raw features, as in the paper.
             Configs saved before this option existed hold `normalize_meme_features` instead and keep its meaning.

@@ -262,7 +262,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
                 "fit_meme_feature_normalization needs the features of at least 2 memes, shape (num_memes, "
                 f"{self.config.meme_feature_size}), got shape {tuple(meme_features.shape)}."
             )
-        features = meme_features.to(self.meme_feature_mean).double()
+        features = meme_features.to(self.meme_feature_mean.device, torch.float64)
         std = features.std(dim=0)
         self.meme_feature_mean.copy_(features.mean(dim=0))
         self.meme_feature_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
