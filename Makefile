@@ -26,7 +26,7 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python -m mod_dataset build mod_dataset/sample $(DEMO_DIR)/data
 	$(BIN)/python train.py --dataset $(DEMO_DIR)/data --output_dir $(DEMO_DIR)/model --model_config tiny \
-		--normalize_meme_features --learning_rate 1e-3 --warmup_steps 30 --num_train_epochs 24 \
+		--learning_rate 1e-3 --warmup_steps 30 --num_train_epochs 24 \
 		--per_device_train_batch_size 16 --eval_steps 120 --logging_steps 40 --seed 0
 	$(BIN)/python evaluate_mod.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data \
 		--output $(DEMO_DIR)/results.json --write-submission $(DEMO_DIR)/submission

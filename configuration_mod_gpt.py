@@ -9,6 +9,8 @@ from transformers.configuration_utils import SubConfigSpec
 CDIAL_GPT_VOCAB_SIZE = 13088
 SPECIAL_TOKENS = ("[BOS]", "[EOS]", "[PAD]", "[speaker1]", "[speaker2]", "[IMG]", "[TAG]")
 SEGMENTS = ("speaker1", "speaker2", "meme")
+# `normalize_meme_features` of configs saved before `meme_feature_normalization`; unset in newer ones.
+LEGACY_NORMALIZATION = {None: "standardize", True: "rms", False: "none"}
 
 
 class MODGPTConfig(PreTrainedConfig):
@@ -23,17 +25,29 @@ class MODGPTConfig(PreTrainedConfig):
             `inputs_embeds` and `position_ids` fits, such as GPT-2 or OpenAI-GPT (CDial-GPT) checkpoints.
         meme_encoder_name (`str`, *optional*, defaults to `"efficientnet_b0"`):
             timm model that encodes meme images into feature vectors. It is built with `pretrained=False`; weights
-            come from `meme_encoder_checkpoint` or from the saved model.
+            come from `meme_encoder_checkpoint` or from the saved model. `None` builds no encoder: the model then
+            works on precomputed meme features only (such as the organisers' CLIP vectors), and memes enter through
+            `meme_features` and `add_memes(ids, meme_features=...)`.
         meme_encoder_checkpoint (`str`, *optional*):
             Local file (or hub file id `"hf-hub:..."`) of timm weights for the meme encoder, loaded when the model is
             first built from this config.
         meme_feature_size (`int`, *optional*, defaults to 1280):
             Size of a meme feature vector: the encoder's pooled output (1280 for EfficientNet-b0), or the size of
             precomputed features such as the organisers' 512-d CLIP vectors.
-        normalize_meme_features (`bool`, *optional*, defaults to `False`):
-            Rescale every meme feature to an L2 norm of `sqrt(meme_feature_size)` (a root-mean-square of 1 per
-            dimension). The paper uses raw features of an ImageNet-trained encoder, whose values are of order 1; a
-            randomly initialised encoder (offline demos and tests) gives features too small to regress without this.
+        meme_feature_normalization (`str`, *optional*, defaults to `"standardize"`):
+            How raw meme features (the encoder's output or precomputed vectors) are mapped before the model uses
+            them, as decoder input and as the target and candidates of retrieval:
+            - `"standardize"`: subtract the per-dimension mean and divide by the per-dimension standard deviation
+              of the meme bank (`fit_meme_feature_normalization`, kept as buffers, so memes added later are mapped
+              the same way). An encoder's features share a large common component and vary along few directions
+              (a randomly initialised encoder's also at a tiny scale), so a loss on raw or merely rescaled features
+              is spent on what all memes share; standardised, the target is what tells memes apart, at unit scale.
+            - `"rms"`: rescale every feature to an L2 norm of `sqrt(meme_feature_size)`.
+            - `"none"`: raw features, as in the paper.
+            Configs saved before this option existed hold `normalize_meme_features` instead and keep its meaning.
+        normalize_meme_features (`bool`, *optional*):
+            Former form of `meme_feature_normalization`: `True` means `"rms"`, `False` means `"none"`. Read only when
+            `meme_feature_normalization` is not given.
         freeze_meme_encoder (`bool`, *optional*, defaults to `True`):
             Keep the meme encoder frozen (as in the paper); features are then computed once per meme.
         num_emotions (`int`, *optional*, defaults to 52):
@@ -46,6 +60,14 @@ class MODGPTConfig(PreTrainedConfig):
             Dropout inside the heads.
         text_loss_weight, usage_loss_weight, meme_loss_weight, emotion_loss_weight (`float`, *optional*, defaults to 1.0):
             Weights of the loss parts: L = w_text·L_text + λ1·L_usage + λ2·L_meme + λ3·L_emotion.
+        meme_loss (`str`, *optional*, defaults to `"l2"`):
+            Loss that teaches the meme head at each `[TAG]` that attaches a meme: `"l2"`, the mean squared error
+            between the predicted and the meme's (normalised) feature (the paper), or `"contrastive"`, a
+            cross-entropy over the meme bank (and the batch's memes) with logits `-distance / meme_loss_temperature`
+            under `retrieval_distance`, which trains the ranking itself.
+        meme_loss_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the `"contrastive"` meme loss. L2 distances enter it divided by `sqrt(meme_feature_size)`
+            (a root-mean-square difference per dimension), so the same temperature fits any feature size.
         retrieval_distance (`str`, *optional*, defaults to `"l2"`):
             Distance used to rank candidate memes against the predicted feature: `"l2"` (the paper) or `"cosine"`.
         meme_bank_ids (`list[str]`, *optional*):
@@ -81,10 +103,11 @@ class MODGPTConfig(PreTrainedConfig):
     }
 
     text_config: dict | PreTrainedConfig | None = None
-    meme_encoder_name: str = "efficientnet_b0"
+    meme_encoder_name: str | None = "efficientnet_b0"
     meme_encoder_checkpoint: str | None = None
     meme_feature_size: int = 1280
-    normalize_meme_features: bool = False
+    meme_feature_normalization: Literal["standardize", "rms", "none"] | None = None
+    normalize_meme_features: bool | None = None
     freeze_meme_encoder: bool = True
     num_emotions: int = 52
     emotion_names: list[str] | None = None
@@ -94,6 +117,8 @@ class MODGPTConfig(PreTrainedConfig):
     usage_loss_weight: float = 1.0
     meme_loss_weight: float = 1.0
     emotion_loss_weight: float = 1.0
+    meme_loss: Literal["l2", "contrastive"] = "l2"
+    meme_loss_temperature: float = 0.1
     retrieval_distance: Literal["l2", "cosine"] = "l2"
     meme_bank_ids: list[str] | None = None
     bos_token_id: int | None = CDIAL_GPT_VOCAB_SIZE
@@ -111,9 +136,23 @@ class MODGPTConfig(PreTrainedConfig):
             self.head_hidden_size = self.text_config.hidden_size
         if self.meme_bank_ids is None:
             self.meme_bank_ids = []
+        self.resolve_meme_feature_normalization()
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             setattr(self.text_config, name, getattr(self, name))
         self.check_consistency()
+
+    def resolve_meme_feature_normalization(self) -> None:
+        """Set `meme_feature_normalization` from its former boolean form where only that is given, then drop it."""
+        legacy = LEGACY_NORMALIZATION[self.normalize_meme_features]
+        if self.meme_feature_normalization is None:
+            self.meme_feature_normalization = legacy
+        elif self.normalize_meme_features is not None and legacy != self.meme_feature_normalization:
+            raise ValueError(
+                f"MODGPTConfig.normalize_meme_features={self.normalize_meme_features} (the former form of "
+                f"meme_feature_normalization) contradicts meme_feature_normalization="
+                f"{self.meme_feature_normalization!r}; give meme_feature_normalization only."
+            )
+        self.normalize_meme_features = None
 
     @property
     def special_token_ids(self) -> dict[str, int | None]:
@@ -146,6 +185,20 @@ class MODGPTConfig(PreTrainedConfig):
         for name in ("text_loss_weight", "usage_loss_weight", "meme_loss_weight", "emotion_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MODGPTConfig.{name} must be non-negative, got {getattr(self, name)}.")
+        if self.meme_feature_normalization not in ("standardize", "rms", "none"):
+            raise ValueError(
+                "MODGPTConfig.meme_feature_normalization must be 'standardize', 'rms' or 'none', got "
+                f"{self.meme_feature_normalization!r}."
+            )
+        if self.meme_loss not in ("l2", "contrastive"):
+            raise ValueError(f"MODGPTConfig.meme_loss must be 'l2' or 'contrastive', got {self.meme_loss!r}.")
+        if not self.meme_loss_temperature > 0:
+            raise ValueError(f"MODGPTConfig.meme_loss_temperature must be positive, got {self.meme_loss_temperature}.")
+        if self.meme_encoder_name is None and self.meme_encoder_checkpoint is not None:
+            raise ValueError(
+                f"MODGPTConfig.meme_encoder_checkpoint={self.meme_encoder_checkpoint!r} needs a meme_encoder_name; "
+                "with meme_encoder_name=None the model has no image encoder."
+            )
         if self.retrieval_distance not in ("l2", "cosine"):
             raise ValueError(
                 f"MODGPTConfig.retrieval_distance must be 'l2' or 'cosine', got {self.retrieval_distance!r}."

@@ -32,8 +32,9 @@ class MODGPTOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*):
             Weighted sum of the loss parts that had labels.
         lm_loss, usage_loss, meme_loss, emotion_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Text cross-entropy, usage cross-entropy, meme feature regression (mean squared error) and emotion
-            cross-entropy. Each is `None` when its labels were not given.
+            Text cross-entropy, usage cross-entropy, meme loss (`config.meme_loss`: feature regression by mean
+            squared error, or contrastive ranking) and emotion cross-entropy. Each is `None` when its labels were
+            not given.
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
             Next-token logits. Not computed when `labels` are given: the training loss then runs the LM head on the
             labelled positions only.
@@ -145,13 +146,11 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         hidden_size = config.text_config.hidden_size
         self.transformer = AutoModel.from_config(config.text_config)
         self.segment_embeddings = nn.Embedding(3, hidden_size)
-        self.meme_encoder = timm.create_model(config.meme_encoder_name, pretrained=False, num_classes=0)
-        if self.meme_encoder.num_features != config.meme_feature_size:
-            raise ValueError(
-                f"MODGPTConfig.meme_feature_size={config.meme_feature_size} does not match the "
-                f"{self.meme_encoder.num_features}-d output of meme encoder {config.meme_encoder_name!r}."
-            )
-        self.meme_encoder.requires_grad_(not config.freeze_meme_encoder)
+        self.meme_encoder = self.build_meme_encoder(config)
+        if config.meme_feature_normalization == "standardize":
+            # Per-dimension statistics of the meme bank's raw features (`fit_meme_feature_normalization`).
+            self.register_buffer("meme_feature_mean", torch.zeros(config.meme_feature_size))
+            self.register_buffer("meme_feature_std", torch.ones(config.meme_feature_size))
         self.meme_projector = nn.Linear(config.meme_feature_size, hidden_size)
         self.usage_head = MODGPTHead(config, 2)
         self.meme_head = MODGPTHead(config, config.meme_feature_size)
@@ -167,6 +166,19 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         }
         if config.meme_encoder_checkpoint:
             timm.models.load_checkpoint(self.meme_encoder, config.meme_encoder_checkpoint, strict=False)
+
+    @staticmethod
+    def build_meme_encoder(config: MODGPTConfig) -> nn.Module | None:
+        """The timm image encoder named by the config, or `None` for a model that takes precomputed features."""
+        if config.meme_encoder_name is None:
+            return None
+        encoder = timm.create_model(config.meme_encoder_name, pretrained=False, num_classes=0)
+        if encoder.num_features != config.meme_feature_size:
+            raise ValueError(
+                f"MODGPTConfig.meme_feature_size={config.meme_feature_size} does not match the "
+                f"{encoder.num_features}-d output of meme encoder {config.meme_encoder_name!r}."
+            )
+        return encoder.requires_grad_(not config.freeze_meme_encoder)
 
     @classmethod
     def from_text_backbone(
@@ -201,18 +213,59 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         return F.linear(hidden_states, self.get_input_embeddings().weight)
 
     def get_meme_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode meme images `(num_memes, 3, height, width)` into `(num_memes, meme_feature_size)` features."""
+        """
+        Encode meme images `(num_memes, 3, height, width)` into normalised `(num_memes, meme_feature_size)` features,
+        the form the model takes as `meme_features` and keeps in its meme bank.
+        """
+        return self.normalize_meme_features(self.encode_meme_images(pixel_values))
+
+    def encode_meme_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Raw meme features of images: the meme encoder's pooled output (without grad when it is frozen)."""
+        if self.meme_encoder is None:
+            raise ValueError(
+                "This model has no meme encoder (config.meme_encoder_name is None): it takes precomputed meme "
+                "features. Pass `meme_features` instead of `pixel_values`, and add memes to the bank with "
+                "`add_memes(meme_ids, meme_features=...)`."
+            )
         if self.config.freeze_meme_encoder:
             self.meme_encoder.eval()
             with torch.no_grad():
-                return self.normalize_meme_features(self.meme_encoder(pixel_values.to(self.dtype)))
-        return self.normalize_meme_features(self.meme_encoder(pixel_values.to(self.dtype)))
+                return self.meme_encoder(pixel_values.to(self.dtype))
+        return self.meme_encoder(pixel_values.to(self.dtype))
 
     def normalize_meme_features(self, meme_features: torch.Tensor) -> torch.Tensor:
-        """With `config.normalize_meme_features`, rescale each feature to a root-mean-square of 1 per dimension."""
-        if not self.config.normalize_meme_features:
-            return meme_features
-        return F.normalize(meme_features, dim=-1) * meme_features.shape[-1] ** 0.5
+        """Map raw meme features as `config.meme_feature_normalization` says ("standardize", "rms" or "none")."""
+        normalization = self.config.meme_feature_normalization
+        if normalization == "standardize":
+            return (meme_features - self.meme_feature_mean) / self.meme_feature_std
+        if normalization == "rms":
+            return F.normalize(meme_features, dim=-1) * meme_features.shape[-1] ** 0.5
+        return meme_features
+
+    @torch.no_grad()
+    def fit_meme_feature_normalization(self, meme_features: torch.Tensor) -> None:
+        """
+        Fit the "standardize" normalisation to the raw features `(num_memes, meme_feature_size)` of a meme bank: their
+        per-dimension mean and standard deviation (1 where a dimension does not vary). Call it on an empty bank,
+        before `add_memes`; memes added afterwards, at any time, are standardised with these statistics. The other
+        normalisations have nothing to fit.
+        """
+        if self.config.meme_feature_normalization != "standardize":
+            return
+        if self.meme_bank_ids:
+            raise ValueError(
+                f"fit_meme_feature_normalization needs an empty meme bank: its {len(self.meme_bank_ids)} memes were "
+                "standardised with the current statistics."
+            )
+        if meme_features.dim() != 2 or meme_features.shape[0] < 2:
+            raise ValueError(
+                "fit_meme_feature_normalization needs the features of at least 2 memes, shape (num_memes, "
+                f"{self.config.meme_feature_size}), got shape {tuple(meme_features.shape)}."
+            )
+        features = meme_features.to(self.meme_feature_mean.device, torch.float64)
+        std = features.std(dim=0)
+        self.meme_feature_mean.copy_(features.mean(dim=0))
+        self.meme_feature_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, meme_features: torch.Tensor) -> torch.BoolTensor:
         """Mask of the `[IMG]` positions, after checking that there is exactly one meme feature for each."""
@@ -268,14 +321,15 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Segment of each token: 0 speaker1, 1 speaker2, 2 meme.
             meme_features (`torch.Tensor` of shape `(num_images, meme_feature_size)`, *optional*):
-                Features of the memes at the `[IMG]` tokens, in reading order.
+                Normalised features (as `get_meme_features` and the meme bank hold them) of the memes at the `[IMG]`
+                tokens, in reading order.
             pixel_values (`torch.Tensor` of shape `(num_images, 3, height, width)`, *optional*):
                 Meme images, encoded by the meme encoder, instead of `meme_features`.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Text labels aligned with `input_ids` (the model shifts them); `-100` is ignored.
             usage_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 At `[TAG]` positions, 1 if the turn attaches a meme and 0 if not; `-100` elsewhere. A `[TAG]` labelled
-                1 also trains the meme head to regress the features of the meme at the following `[IMG]`.
+                1 also trains the meme head towards the meme at the following `[IMG]` (`config.meme_loss`).
             emotion_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 At `[IMG]` positions, the meme's emotion id; `-100` elsewhere.
         """
@@ -311,7 +365,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if usage_labels is not None:
             tag_usage = usage_labels[tag_mask]
             usage_loss = self.classification_loss(usage_logits, tag_usage)
-            meme_loss = self.meme_regression_loss(meme_predictions, tag_usage, input_ids, meme_features)
+            meme_loss = self.meme_retrieval_loss(meme_predictions, tag_usage, input_ids, meme_features)
         if emotion_labels is not None:
             emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask])
 
@@ -352,19 +406,37 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
 
-    def meme_regression_loss(
+    def meme_retrieval_loss(
         self,
         meme_predictions: torch.Tensor,
         tag_usage: torch.LongTensor,
         input_ids: torch.LongTensor,
         meme_features: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Mean squared error between the predicted and the actual features of each attached meme."""
+        """
+        `config.meme_loss` over the `[TAG]`s that attach a meme: the mean squared error between the predicted and the
+        attached meme's features ("l2"), or the contrastive loss of ranking the attached meme first ("contrastive").
+        """
         uses_meme = tag_usage == 1
         if not uses_meme.any():
             return meme_predictions.sum() * 0.0
         targets = self.attached_meme_features(input_ids, meme_features, uses_meme).detach()
-        return F.mse_loss(meme_predictions[uses_meme].float(), targets.float())
+        predictions = meme_predictions[uses_meme].float()
+        if self.config.meme_loss == "contrastive":
+            return self.contrastive_meme_loss(predictions, targets.float())
+        return F.mse_loss(predictions, targets.float())
+
+    def contrastive_meme_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """
+        Cross-entropy of picking each target meme among the distinct memes of the bank and of `targets`, with logits
+        `-distance / temperature`: the retrieval distance, per dimension for L2 (see `meme_loss_temperature`).
+        """
+        bank = self.meme_bank_features.to(targets)
+        candidates, inverse = torch.unique(torch.cat([bank, targets]), dim=0, return_inverse=True)
+        distances = self.meme_distances(predictions, candidates)
+        if self.config.retrieval_distance == "l2":
+            distances = distances / self.config.meme_feature_size**0.5
+        return F.cross_entropy(-distances / self.config.meme_loss_temperature, inverse[len(bank) :])
 
     def attached_meme_features(
         self, input_ids: torch.LongTensor, meme_features: torch.Tensor, uses_meme: torch.BoolTensor
@@ -402,16 +474,26 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
     def add_memes(
         self, meme_ids: list[str], meme_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
     ) -> None:
-        """Add memes to the bank (or replace the features of ids already there), from features or from images."""
+        """
+        Add memes to the bank (or replace the features of ids already there), from their raw features (the encoder's
+        output or precomputed vectors, normalised here) or from images (through the meme encoder).
+        """
         if (meme_features is None) == (pixel_values is None):
             raise ValueError("add_memes needs exactly one of meme_features or pixel_values.")
         if meme_features is None:
             meme_features = self.get_meme_features(pixel_values.to(self.device))
+        else:
+            if meme_features.dim() != 2 or meme_features.shape[-1] != self.config.meme_feature_size:
+                raise ValueError(
+                    f"add_memes got meme_features of shape {tuple(meme_features.shape)}; the model takes "
+                    f"(num_memes, {self.config.meme_feature_size}) (config.meme_feature_size)."
+                )
+            meme_features = self.normalize_meme_features(meme_features.to(self.meme_bank_features))
         if len(meme_ids) != meme_features.shape[0] or len(set(meme_ids)) != len(meme_ids):
             raise ValueError(
                 f"add_memes got {len(meme_ids)} ids (distinct ones required) for {len(meme_features)} memes."
             )
-        meme_features = self.normalize_meme_features(meme_features.detach().to(self.meme_bank_features))
+        meme_features = meme_features.detach().to(self.meme_bank_features)
         bank_ids = self.meme_bank_ids
         position = {meme_id: index for index, meme_id in enumerate(bank_ids)}
         known = [meme_id in position for meme_id in meme_ids]

@@ -19,7 +19,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import timm
@@ -80,11 +80,34 @@ class TrainArguments:
     init_from: str | None = field(
         default=None, metadata={"help": "A local GPT-2/CDial-GPT folder (decoder weights) or a MOD-GPT checkpoint."}
     )
+    meme_features: Literal["encoder", "release"] = field(
+        default="encoder",
+        metadata={
+            "help": "encoder: encode the meme images with --meme_encoder. release: the organisers' precomputed "
+            "vectors (id2feature.json, the `feature` column of the dataset's memes); the model then has no image "
+            "encoder and new memes enter it as features."
+        },
+    )
     meme_encoder: str = field(default="efficientnet_b0", metadata={"help": "timm model that encodes memes."})
     meme_encoder_checkpoint: str | None = field(default=None, metadata={"help": "Local timm weights for it."})
-    normalize_meme_features: bool = field(
-        default=False, metadata={"help": "Unit-normalise meme features (use with a randomly initialised encoder)."}
+    meme_feature_normalization: Literal["standardize", "rms", "none"] = field(
+        default="standardize",
+        metadata={
+            "help": "standardize: per-dimension mean and std of the meme bank (what lets retrieval learn from the "
+            "nearly collinear features of an untrained encoder); rms: each feature to RMS 1; none: raw (the paper)."
+        },
     )
+    normalize_meme_features: bool = field(
+        default=False, metadata={"help": "Former flag, the same as --meme_feature_normalization rms."}
+    )
+    meme_loss: Literal["l2", "contrastive"] = field(
+        default="l2",
+        metadata={
+            "help": "l2: regress the meme's feature (the paper). contrastive: cross-entropy of ranking the meme "
+            "first among the meme bank."
+        },
+    )
+    meme_loss_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive meme loss."})
     train_meme_encoder: bool = field(
         default=False, metadata={"help": "Fine-tune the meme encoder (frozen otherwise)."}
     )
@@ -228,21 +251,24 @@ def build_processor(args: TrainArguments, dialogues: datasets.DatasetDict) -> MO
     return processor
 
 
-def build_model(args: TrainArguments, processor: MODProcessor, names: list[str]) -> MODGPTForMemeDialogue:
-    model = load_or_create_model(args, processor, names)
+def build_model(
+    args: TrainArguments, processor: MODProcessor, names: list[str], memes: datasets.Dataset
+) -> MODGPTForMemeDialogue:
+    model = load_or_create_model(args, processor, names, memes)
     model.config.update({f"{part}_loss_weight": weight for part, weight in TASK_LOSS_WEIGHTS[args.task].items()})
     return model
 
 
-def load_or_create_model(args: TrainArguments, processor: MODProcessor, names: list[str]) -> MODGPTForMemeDialogue:
+def load_or_create_model(
+    args: TrainArguments, processor: MODProcessor, names: list[str], memes: datasets.Dataset
+) -> MODGPTForMemeDialogue:
     if is_mod_checkpoint(args.init_from):
         return MODGPTForMemeDialogue.from_pretrained(args.init_from)
-    feature_size = MODGPTForMemeDialogue.encoder_feature_size(args.meme_encoder)
     mod_kwargs = dict(
-        meme_encoder_name=args.meme_encoder,
-        meme_encoder_checkpoint=args.meme_encoder_checkpoint,
-        meme_feature_size=feature_size,
-        normalize_meme_features=args.normalize_meme_features,
+        **meme_encoder_kwargs(args, memes),
+        meme_feature_normalization="rms" if args.normalize_meme_features else args.meme_feature_normalization,
+        meme_loss=args.meme_loss,
+        meme_loss_temperature=args.meme_loss_temperature,
         freeze_meme_encoder=not args.train_meme_encoder,
         num_emotions=len(names),
         emotion_names=names,
@@ -267,13 +293,67 @@ def load_or_create_model(args: TrainArguments, processor: MODProcessor, names: l
     return MODGPTForMemeDialogue(MODGPTConfig(text_config=text_config, **mod_kwargs))
 
 
+def meme_encoder_kwargs(args: TrainArguments, memes: datasets.Dataset) -> dict[str, Any]:
+    """The config's meme encoder: the timm model of --meme_encoder, or none for the release's precomputed features."""
+    if args.meme_features == "release":
+        if args.train_meme_encoder or args.meme_encoder_checkpoint:
+            raise ArgumentError(
+                "--meme_features release trains on precomputed features: the model has no meme encoder to load "
+                "(--meme_encoder_checkpoint) or fine-tune (--train_meme_encoder)."
+            )
+        return dict(meme_encoder_name=None, meme_feature_size=len(release_meme_features(args.dataset, memes)[0]))
+    return dict(
+        meme_encoder_name=args.meme_encoder,
+        meme_encoder_checkpoint=args.meme_encoder_checkpoint,
+        meme_feature_size=MODGPTForMemeDialogue.encoder_feature_size(args.meme_encoder),
+    )
+
+
+def release_meme_features(dataset: str, memes: datasets.Dataset) -> torch.Tensor:
+    """The organisers' feature vector of every meme (the `feature` column the dataset builder takes from id2feature.json)."""
+    if "feature" not in memes.column_names:
+        raise ArgumentError(
+            f"--meme_features release: the memes of dataset {dataset!r} have no `feature` column, so its release "
+            "had no id2feature.json. Rebuild the dataset from a release that has it, or use --meme_features encoder."
+        )
+    features = memes["feature"]
+    missing = [meme for meme, feature in zip(memes["meme_id"], features) if feature is None]
+    if missing:
+        raise ArgumentError(
+            f"--meme_features release: memes {missing} of dataset {dataset!r} have no feature in id2feature.json."
+        )
+    return torch.tensor(features, dtype=torch.float32)
+
+
 @torch.no_grad()
-def fill_meme_bank(model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset, batch_size=64):
-    """Encode every meme once with the frozen encoder into the model's meme bank, the feature cache of the run."""
-    for start in range(0, len(memes), batch_size):
-        rows = memes[start : start + batch_size]
-        pixel_values = processor.image_processor(rows["image"])["pixel_values"]
-        model.add_memes(rows["meme_id"], pixel_values=pixel_values)
+def raw_meme_features(
+    args: TrainArguments, model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset, batch_size=64
+) -> torch.Tensor:
+    """Every meme's raw feature: the release's vector, or the frozen encoder's output, computed once."""
+    if args.meme_features == "release":
+        return release_meme_features(args.dataset, memes)
+    if model.meme_encoder is None:
+        raise ArgumentError(
+            f"--init_from {args.init_from!r} has no meme encoder (it was trained on precomputed features): "
+            "train it on with --meme_features release."
+        )
+    batches = (memes[start : start + batch_size]["image"] for start in range(0, len(memes), batch_size))
+    return torch.cat(
+        [model.encode_meme_images(processor.image_processor(images)["pixel_values"]) for images in batches]
+    )
+
+
+def fill_meme_bank(
+    args: TrainArguments, model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset
+) -> None:
+    """
+    Put every meme into the model's meme bank, the feature cache of the run. A new model first fits its feature
+    normalisation to them; one loaded from a checkpoint keeps the statistics its bank was made with.
+    """
+    features = raw_meme_features(args, model, processor, memes)
+    if not model.meme_bank_ids:
+        model.fit_meme_feature_normalization(features)
+    model.add_memes(memes["meme_id"], meme_features=features)
 
 
 # Loss -------------------------------------------------------------------------------------------------------------
@@ -593,12 +673,12 @@ def train(args: TrainArguments) -> dict[str, float]:
 
     dialogues, memes = load_splits(args.dataset)
     processor = build_processor(args, dialogues)
-    model = build_model(args, processor, emotion_names(dialogues))
+    model = build_model(args, processor, emotion_names(dialogues), memes)
     if args.max_length > model.max_positions:
         raise ArgumentError(
             f"--max_length {args.max_length} is more than the {model.max_positions} positions of the decoder."
         )
-    fill_meme_bank(model, processor, memes)
+    fill_meme_bank(args, model, processor, memes)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     logger.info(
