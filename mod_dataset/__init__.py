@@ -32,8 +32,8 @@ files, and by split the task views whose answers are blank (`unannotated`).
 
 from pathlib import Path
 
-from .build import SPLITS, build_dataset, push_to_hub
-from .card import format_statistics, statistics
+from .build import SPLITS, OutputFolderError, build_dataset, push_to_hub
+from .card import expected_counts, format_statistics, statistics
 from .release import InvalidReleaseError, Problem
 from .sample import make_sample
 
@@ -43,8 +43,10 @@ __all__ = [
     "SAMPLE_DIR",
     "SPLITS",
     "InvalidReleaseError",
+    "OutputFolderError",
     "Problem",
     "build_dataset",
+    "expected_counts",
     "format_statistics",
     "make_sample",
     "push_to_hub",

@@ -7,7 +7,15 @@ from pathlib import Path
 import datasets
 from huggingface_hub import DatasetCard
 
-from . import InvalidReleaseError, build_dataset, format_statistics, make_sample, push_to_hub, statistics
+from . import (
+    InvalidReleaseError,
+    OutputFolderError,
+    build_dataset,
+    format_statistics,
+    make_sample,
+    push_to_hub,
+    statistics,
+)
 from .card import RECORD_KEY, format_release
 
 
@@ -47,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             result = build_dataset(args.raw_dir, args.out_dir, args.language, args.skip_invalid)
-        except InvalidReleaseError as error:
+        except (InvalidReleaseError, OutputFolderError) as error:
             print(f"mod_dataset: error: {error}", file=sys.stderr)
             return 1
         skipped = result["skipped"]
