@@ -17,13 +17,13 @@ ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
 # The task -> the config (view) of the built dataset that holds its instances.
 TASK_VIEWS = {"task1": "response", "task2": "retrieval", "task3": "emotion"}
 SPLITS = ("train", "validation", "easy_test", "hard_test")
-# What a field must hold, in JSON's words. Meme ids are strings everywhere: the official ids are zero-padded
-# ("042"), so a number (42) could stand for "042" or "42" and is reported rather than guessed.
-KINDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
-FEATURE_LIMIT = float(np.finfo(np.float32).max)  # the built feature column is float32
 # The split of the built dataset -> the part of the release's file names that names it.
 DIALOGUE_SPLITS = {"train": "train", "validation": "val"}
 TASK_SPLITS = {"validation": "val", "easy_test": "test_easy", "hard_test": "test_hard"}
+# The JSON kinds a field may be required to hold, in JSON's words. Meme ids are strings everywhere: the official ids
+# are zero-padded ("042"), so a number (42) could stand for "042" or "42"; it is reported rather than guessed.
+KINDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+FEATURE_LIMIT = float(np.finfo(np.float32).max)  # the built feature column is float32
 
 
 class InvalidReleaseError(ValueError):
@@ -193,7 +193,9 @@ def read_memes(release: Release) -> None:
 def read_emotions(release: Release) -> None:
     """`emotion_dict.json`: emotion name -> id, the ids being 0, 1, ..., n-1."""
     emotion_dict = load_json(release, "emotion_dict.json")
-    if emotion_dict is None or not release.expect("emotion_dict.json", "", "the file", emotion_dict, dict):
+    if emotion_dict is None or not release.expect(
+        "emotion_dict.json", "", "the file (name -> id)", emotion_dict, dict
+    ):
         return
     checks = [release.expect("emotion_dict.json", f"emotion {n!r}", "its id", i, int) for n, i in emotion_dict.items()]
     if not all(checks):
@@ -376,8 +378,8 @@ def check_candidates(release: Release, file: str, where: str, instance: dict, go
     candidate = instance.get("candidate")
     candidates = candidate.get("set") if isinstance(candidate, dict) else None
     if not isinstance(candidates, list) or not candidates:
-        shown = describe(candidate) if candidates is None else f"candidate.set {describe(candidates)}"
-        release.problem(file, where, f"a task2 instance needs candidate.set, a list of meme ids (got {shown})")
+        got = f"{describe(candidates)} as candidate.set" if isinstance(candidate, dict) else describe(candidate)
+        release.problem(file, where, f"a task2 instance needs candidate.set, a list of meme ids (got {got})")
         return False
     if not all(
         release.expect(file, f"{where}, candidate.set[{i}]", "a meme id", m, str) for i, m in enumerate(candidates)

@@ -562,6 +562,10 @@ WRONG_TYPES = [  # (change, (file, where, message)): each is reported, never a t
         ("c_val_task2.json", "instance 0", "needs candidate.set, a list of meme ids (got a list)"),
     ),
     (
+        put("c_val_task2.json", (0, "candidate", "set"), "000"),
+        ("c_val_task2.json", "instance 0", "a list of meme ids (got the string '000' as candidate.set)"),
+    ),
+    (
         put("c_val_task2.json", (0, "candidate", "set", 3), ["000"]),
         ("c_val_task2.json", "instance 0, candidate.set[3]", "a meme id must be a string (got a list)"),
     ),
@@ -579,7 +583,7 @@ WRONG_TYPES = [  # (change, (file, where, message)): each is reported, never a t
     ),
     (
         put("emotion_dict.json", (), list(range(8))),
-        ("emotion_dict.json", "", "the file must be an object (got a list)"),
+        ("emotion_dict.json", "", "the file (name -> id) must be an object (got a list)"),
     ),
     (
         put("id2feature.json", ("003",), "x"),
