@@ -27,13 +27,26 @@ answer the release leaves blank is None. A split with task files only (the tests
 meme), task 3 its history with the gold emotion on the last turn; blank answers are left out. A path that is the
 start of another (speaker, text and meme alike) is dropped; `dialogue_id` names the instance kept, e.g.
 `easy_test task2 17`. The card's YAML key `mod_release` records the splits built, the missing dialogue and task
-files, and by split the task views whose answers are blank (`unannotated`).
+files, and by split the task views whose answers are blank (`unannotated`). Its `dataset_info` declares the rows
+of every config and split: `expected_counts(OUT_DIR)` returns them (None for a hub id), for code that checks what it
+loaded.
+
+Every problem of the release is listed with its file and place (dialogue id or instance, turn, field), never raised
+from deep inside: missing or malformed files, and valid JSON of the wrong kind. Meme ids are strings everywhere (the
+official ids are zero-padded: "042"; a number such as 42 could mean "042" or "42" and is reported), emotion ids are
+integers (2.7, 2.0 and true are reported). An image must lie inside the release: an `img2id.json` name with `..` or
+an absolute path, or a link out of the release folder, is reported; images are always embedded as bytes, stored
+under their bare file name.
+
+`OUT_DIR` may be new, empty, or a folder built here before (recognised by the marker file `.mod_dataset.json`),
+which is replaced whole; any other existing path, the release folder, a folder holding it and a folder inside it
+are refused (`OutputFolderError`) before any work, and nothing is deleted.
 """
 
 from pathlib import Path
 
-from .build import SPLITS, build_dataset, push_to_hub
-from .card import format_statistics, statistics
+from .build import SPLITS, OutputFolderError, build_dataset, push_to_hub
+from .card import expected_counts, format_statistics, statistics
 from .release import InvalidReleaseError, Problem
 from .sample import make_sample
 
@@ -43,8 +56,10 @@ __all__ = [
     "SAMPLE_DIR",
     "SPLITS",
     "InvalidReleaseError",
+    "OutputFolderError",
     "Problem",
     "build_dataset",
+    "expected_counts",
     "format_statistics",
     "make_sample",
     "push_to_hub",

@@ -7,7 +7,15 @@ from pathlib import Path
 import datasets
 from huggingface_hub import DatasetCard
 
-from . import InvalidReleaseError, build_dataset, format_statistics, make_sample, push_to_hub, statistics
+from . import (
+    InvalidReleaseError,
+    OutputFolderError,
+    build_dataset,
+    format_statistics,
+    make_sample,
+    push_to_hub,
+    statistics,
+)
 from .card import RECORD_KEY, format_release
 
 
@@ -45,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stats":
         print_stats(args.out_dir)
     else:
+        # Resolved first: the build replaces the folder, after which "." would name the old, deleted one.
+        out_dir = Path(args.out_dir).resolve()
         try:
-            result = build_dataset(args.raw_dir, args.out_dir, args.language, args.skip_invalid)
-        except InvalidReleaseError as error:
+            result = build_dataset(args.raw_dir, out_dir, args.language, args.skip_invalid)
+        except (InvalidReleaseError, OutputFolderError) as error:
             print(f"mod_dataset: error: {error}", file=sys.stderr)
             return 1
         skipped = result["skipped"]
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
         print(format_release(result["release"]))
         if args.push_to_hub:
-            print(f"uploaded: {push_to_hub(args.out_dir, args.push_to_hub)}")
+            print(f"uploaded: {push_to_hub(out_dir, args.push_to_hub)}")
     return 0
 
 

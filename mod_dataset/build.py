@@ -1,6 +1,7 @@
 """Convert a checked release into Parquet files and a dataset card that `datasets.load_dataset` reads as is."""
 
 import hashlib
+import json
 import random
 import shutil
 import tempfile
@@ -16,12 +17,24 @@ from .release import (
     TASK_VIEWS,
     Release,
     count_reasons,
+    image_path,
     is_blank,
     read_release,
 )
 
 DERIVED_SEED = 1234
 NUM_CANDIDATES = 10
+# Written into every built folder: only a folder that has it is ever replaced by a new build.
+MARKER = ".mod_dataset.json"
+BUILDER = "mod_dataset"
+FORMAT_VERSION = 1
+# How `datasets` stores an image; see `to_dataset`.
+IMAGE_STORAGE = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+
+
+class OutputFolderError(ValueError):
+    """The output folder is refused because building there could destroy what the builder did not make; nothing is
+    changed."""
 
 
 def turn_features(emotions: list[str]) -> dict:
@@ -199,9 +212,10 @@ def meme_rows(release: Release, train_memes: set[str] | None) -> list[dict]:
     rows = []
     for meme_id in sorted(release.meme_files):
         file_name = release.meme_files[meme_id]
+        path = image_path(release.root, file_name)
         row = {
             "meme_id": meme_id,
-            "image": {"bytes": (release.root / "meme_set" / file_name).read_bytes(), "path": file_name},
+            "image": {"bytes": path.read_bytes(), "path": path.name},
             "file_name": file_name,
             "seen": meme_id in train_memes if train_memes is not None else None,
         }
@@ -231,22 +245,88 @@ def used_memes(dialogues: list[dict]) -> set[str]:
     return {t["meme"] for row in dialogues for t in row["turns"] if t["meme"] is not None}
 
 
+def to_dataset(rows: list[dict], features: datasets.Features) -> datasets.Dataset:
+    """The rows (maybe none) as a `Dataset`. An image goes in as its stored `{bytes, path}` and is then cast to
+    `datasets.Image`: encoding it directly would keep only the path, and drop the bytes, whenever a file of that
+    name lies in the working directory."""
+    stored = datasets.Features(
+        {name: IMAGE_STORAGE if isinstance(feature, datasets.Image) else feature for name, feature in features.items()}
+    )
+    columns = {name: [row[name] for row in rows] for name in features}
+    return datasets.Dataset.from_dict(columns, features=stored).cast(features)
+
+
 def write_tables(
     tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path
-) -> dict[str, dict[str, str]]:
-    """Write every config's splits as Parquet files and return their paths. Each file is named after a digest of
-    its bytes: the card names the files, and `datasets` keys its cache of a local folder on the card, so a rebuilt
-    folder (or another folder of the same name) is never read from the cache of different data."""
-    paths: dict[str, dict[str, str]] = {}
+) -> dict[str, dict[str, dict]]:
+    """Write every config's splits as Parquet files; return, by config and split, each file's `path`, its
+    `num_examples` and `num_bytes` (in Arrow). Each file is named after a digest of its bytes: the card names the
+    files, and `datasets` keys its cache of a local folder on the card, so a rebuilt folder (or another folder of the
+    same name) is never read from the cache of different data."""
+    files: dict[str, dict[str, dict]] = {}
     for config, splits in tables.items():
         (out / config).mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
             written = out / config / f"{split}.parquet"
-            datasets.Dataset.from_list(rows, features=features[config]).to_parquet(str(written))
+            dataset = to_dataset(rows, features[config])
+            dataset.to_parquet(str(written))
             path = f"{config}/{split}-{hashlib.sha256(written.read_bytes()).hexdigest()[:16]}.parquet"
             written.rename(out / path)
-            paths.setdefault(config, {})[split] = path
-    return paths
+            files.setdefault(config, {})[split] = {
+                "path": path,
+                "num_examples": len(dataset),
+                "num_bytes": dataset.data.nbytes,
+            }
+    return files
+
+
+def check_output(out: Path, raw_dir: Path) -> None:
+    """Refuse an output folder that is the release folder, holds it or lies inside it, and an existing one that is
+    neither empty nor built by this package (recognised by its marker file; a dataset card alone proves nothing)."""
+    release = raw_dir.resolve()
+    if out == release or out in release.parents:
+        raise OutputFolderError(
+            f"the output folder {out} is the release folder or holds it ({release}); nothing was changed: "
+            "give a folder outside the release"
+        )
+    if release in out.parents:
+        raise OutputFolderError(
+            f"the output folder {out} lies inside the release folder {release}; nothing was changed: "
+            "give a folder outside the release"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"the output path {out} exists and is not a folder; nothing was changed")
+    if out.is_dir() and any(out.iterdir()) and not is_built(out):
+        raise OutputFolderError(
+            f"the output folder {out} is not empty and was not built by {BUILDER} (it has no {MARKER}); nothing "
+            "was changed: give a new or empty folder, or remove this one yourself"
+        )
+
+
+def is_built(folder: Path) -> bool:
+    """Whether `folder` holds the marker file of a folder this package built."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("builder") == BUILDER
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """Rename the staged folder to `out`. A folder already there (empty, or built by this package) is moved aside
+    first, put back if the rename fails, and deleted only once the new folder is in place."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+    old = out.rename(aside / out.name)
+    try:
+        staging.rename(out)
+    except BaseException:
+        old.rename(out)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh", skip_invalid: bool = False) -> dict:
@@ -254,30 +334,36 @@ def build_dataset(raw_dir: str | Path, out_dir: str | Path, language: str = "zh"
     Convert the release in `raw_dir` into a hub dataset folder `out_dir`. Raises `InvalidReleaseError` listing
     every problem unless `skip_invalid`, which leaves the bad rows out and returns the count by reason under
     `"skipped"`. Problems of a whole file are never skipped: malformed JSON, a split with only some of its three
-    task files, a task file mixing blank and annotated answers. The folder is written elsewhere first and moved
-    into place whole, so a failed build leaves nothing half-written (and an existing `out_dir` untouched). Returns
-    the rows per config and split (`"counts"`) and what the release had (`"release"`, the card's record).
+    task files, a task file mixing blank and annotated answers.
+
+    `out_dir` may be new, empty, or a folder built here before (it holds the marker file `.mod_dataset.json`), which
+    is replaced whole; anything else, and a folder that is, holds or lies inside the release, raises
+    `OutputFolderError` before any work. The folder is written next to `out_dir` first and moved into place whole,
+    so a failed build leaves nothing half-written and an existing `out_dir` untouched. Returns the rows per config
+    and split (`"counts"`) and what the release had (`"release"`, the card's record).
     """
+    out = Path(out_dir).resolve()
+    check_output(out, Path(raw_dir))
     release = read_release(Path(raw_dir), language, skip_invalid)
     tables = build_tables(release)
     feature_size = len(next(iter(release.features.values()))) if release.features else None
     features = config_features(release.emotions, feature_size)
     record = release_record(release, list(tables["dialogues"]))
-    out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-new-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the built folder is meant to be shared like any other
     try:
         datasets.disable_progress_bars()
-        paths = write_tables(tables, features, staging)
-        counts = {config: {split: len(rows) for split, rows in splits.items()} for config, splits in tables.items()}
-        card = dataset_card(tables, paths, counts, record, release.emotions, language)
+        files = write_tables(tables, features, staging)
+        card = dataset_card(tables, files, record, release.emotions, language)
         (staging / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        marker = {"builder": BUILDER, "format": FORMAT_VERSION}
+        (staging / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+        check_output(out, Path(raw_dir))  # again: the folder may have changed while the dataset was built
+        move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    counts = {config: {split: f["num_examples"] for split, f in splits.items()} for config, splits in files.items()}
     return {"counts": counts, "skipped": count_reasons(release.skipped), "release": record}
 
 
@@ -294,4 +380,4 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["SPLITS", "build_dataset", "push_to_hub", "TASK_SPLITS"]
+__all__ = ["SPLITS", "OutputFolderError", "build_dataset", "push_to_hub", "TASK_SPLITS"]

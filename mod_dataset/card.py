@@ -1,6 +1,10 @@
 """Statistics of the built data (the paper's Tables 1 and 2) and the dataset card."""
 
+from pathlib import Path
+
 import yaml
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCard
 
 from .release import SPLITS, TASK_VIEWS, Release
 
@@ -99,14 +103,45 @@ def format_release(record: dict) -> str:
     )
 
 
-def dataset_card(tables: dict, paths: dict, counts: dict, record: dict, emotions: list[str], language: str) -> str:
+def dataset_info(files: dict[str, dict[str, dict]]) -> list[dict]:
+    """The card's `dataset_info`: by config, each split's rows and Arrow bytes. `datasets` checks the rows it loads
+    against `num_examples`, and keys its cache of a local folder on this block."""
+    return [
+        {
+            "config_name": config,
+            "splits": [
+                {"name": split, "num_bytes": f["num_bytes"], "num_examples": f["num_examples"]}
+                for split, f in splits.items()
+            ],
+            "dataset_size": sum(f["num_bytes"] for f in splits.values()),
+        }
+        for config, splits in files.items()
+    ]
+
+
+def expected_counts(dataset: str | Path) -> dict[str, dict[str, int]] | None:
+    """The rows by config and split that the dataset card of a local folder declares (`dataset_info`), to compare
+    with the rows loaded from it; None for a hub id, or a folder whose card declares none."""
+    card = Path(dataset) / "README.md"
+    if not card.is_file():
+        return None
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(card).data)
+    counts = {
+        config: {split: info.splits[split].num_examples for split in info.splits}
+        for config, info in infos.items()
+        if info.splits
+    }
+    return counts or None
+
+
+def dataset_card(tables: dict, files: dict, record: dict, emotions: list[str], language: str) -> str:
     configs = [
         {
             "config_name": config,
             **({"default": True} if config == "dialogues" else {}),
-            "data_files": [{"split": split, "path": path} for split, path in splits.items()],
+            "data_files": [{"split": split, "path": f["path"]} for split, f in splits.items()],
         }
-        for config, splits in paths.items()
+        for config, splits in files.items()
     ]
     header = {
         "language": [language],
@@ -116,12 +151,13 @@ def dataset_card(tables: dict, paths: dict, counts: dict, record: dict, emotions
         "task_categories": ["text-generation"],
         "tags": ["dialogue", "memes", "multimodal", "dstc10"],
         "configs": configs,
+        "dataset_info": dataset_info(files),
         RECORD_KEY: record,
     }
     stats = statistics(tables["dialogues"], len(tables["memes"]["train"]), len(emotions))
     count_lines = "\n".join(
-        f"| {config} | " + ", ".join(f"{split}: {n}" for split, n in splits.items()) + " |"
-        for config, splits in counts.items()
+        f"| {config} | " + ", ".join(f"{split}: {f['num_examples']}" for split, f in splits.items()) + " |"
+        for config, splits in files.items()
     )
     config_lines = "\n".join(f"- `{name}`: {text}" for name, text in CONFIG_DESCRIPTIONS.items())
     return f"""---

@@ -4,9 +4,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 SPEAKERS = ("[speaker1]", "[speaker2]")
@@ -19,6 +20,10 @@ SPLITS = ("train", "validation", "easy_test", "hard_test")
 # The split of the built dataset -> the part of the release's file names that names it.
 DIALOGUE_SPLITS = {"train": "train", "validation": "val"}
 TASK_SPLITS = {"validation": "val", "easy_test": "test_easy", "hard_test": "test_hard"}
+# The JSON kinds a field may be required to hold, in JSON's words. Meme ids are strings everywhere: the official ids
+# are zero-padded ("042"), so a number (42) could stand for "042" or "42"; it is reported rather than guessed.
+KINDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+FEATURE_LIMIT = float(np.finfo(np.float32).max)  # the built feature column is float32
 
 
 class InvalidReleaseError(ValueError):
@@ -60,6 +65,25 @@ class Release:
     def problem(self, file: str, where: str, message: str) -> None:
         self.problems.append(Problem(file, where, message))
 
+    def expect(self, file: str, where: str, name: str, value: Any, kind: type) -> bool:
+        """Report `name` unless `value` is of the JSON `kind` (`str`, `int`, `list` or `dict`; a bool is no
+        integer); return whether it is."""
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            self.problem(file, where, f"{name} must be {KINDS[kind]} (got {describe(value)})")
+        return ok
+
+
+def describe(value: Any) -> str:
+    """A JSON value as a message shows it: its kind, and a scalar's (shortened) value."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (list, dict)):
+        return KINDS[type(value)]
+    text = repr(value)
+    text = text if len(text) <= 40 else f"{text[:37]}..."
+    return f"the {'string' if isinstance(value, str) else 'number'} {text}"
+
 
 def load_json(release: Release, name: str, required: bool = True) -> Any:
     """A JSON file of the release; duplicate object keys are reported, as are missing and malformed files."""
@@ -78,45 +102,56 @@ def load_json(release: Release, name: str, required: bool = True) -> Any:
         return seen
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=reject_duplicates)
+        content = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=reject_duplicates)
+        if content is None:
+            release.problem(name, "", "the file holds null")
+        return content
     except json.JSONDecodeError as error:
         release.problem(name, f"line {error.lineno}, column {error.colno}", f"malformed JSON ({error.msg})")
     except UnicodeDecodeError as error:
         release.problem(name, "", f"not UTF-8 text ({error.reason})")
+    except RecursionError:
+        release.problem(name, "", "malformed JSON (nested too deeply to read)")
+    except ValueError as error:  # a number too long to convert
+        release.problem(name, "", f"malformed JSON ({error})")
+    except OSError as error:
+        release.problem(name, "", f"cannot be read ({error.strerror})")
     return None
 
 
-def check_turns(release: Release, file: str, where: str, turns: Any, needs_text_or_meme: bool = True) -> bool:
-    """Check one list of turns; report each problem; return whether the turns are usable."""
+def check_turns(release: Release, file: str, where: str, turns: Any, name: str = "a dialogue") -> bool:
+    """Check one list of turns (`name`: a dialogue, or an instance's history); report each problem; return whether
+    the turns are usable."""
     if not isinstance(turns, list) or not turns:
-        release.problem(file, where, f"a dialogue must be a non-empty list of turns, got {type(turns).__name__}")
+        release.problem(file, where, f"{name} must be a non-empty list of turns (got {describe(turns)})")
         return False
     ok = True
     for index, turn in enumerate(turns):
-        ok &= check_turn(release, file, f"{where}, turn {index}", turn, needs_text_or_meme)
+        ok &= check_turn(release, file, f"{where}, turn {index}", turn)
     return ok
 
 
 def check_turn(release: Release, file: str, where: str, turn: Any, needs_text_or_meme: bool = True) -> bool:
     if not isinstance(turn, dict):
-        release.problem(file, where, f"a turn must be an object, got {type(turn).__name__}")
+        release.problem(file, where, f"a turn must be an object (got {describe(turn)})")
         return False
     problems_before = len(release.problems)
     if "speaker_id" not in turn:
         release.problem(file, where, "turn has no speaker_id")
     elif turn["speaker_id"] not in SPEAKERS:
-        release.problem(file, where, f"speaker_id {turn['speaker_id']!r} is not one of {SPEAKERS}")
-    if "img_id" in turn:
+        release.problem(file, where, f"speaker_id must be one of {SPEAKERS} (got {describe(turn['speaker_id'])})")
+    if "img_id" in turn and release.expect(file, where, "img_id (a meme id such as '042')", turn["img_id"], str):
         meme = turn["img_id"]
         if meme in release.listed_memes and meme not in release.meme_files:
             release.problem(file, where, f"img_id {meme!r} is unusable (see the problem of meme {meme!r})")
         elif meme not in release.meme_files:
             release.problem(file, where, f"img_id {meme!r} is not in img2id.json")
-        emotion = turn.get("emotion_id")
-        if emotion is not None and not is_emotion(release, emotion):
+    if "img_id" in turn and turn.get("emotion_id") is not None:
+        emotion = turn["emotion_id"]
+        if release.expect(file, where, "emotion_id", emotion, int) and not is_emotion(release, emotion):
             release.problem(file, where, f"emotion_id {emotion!r} is not an id of emotion_dict.json")
-    if turn.get("txt") is not None and not isinstance(turn["txt"], str):
-        release.problem(file, where, f"txt must be a string, got {type(turn['txt']).__name__}")
+    if turn.get("txt") is not None:
+        release.expect(file, where, "txt", turn["txt"], str)
     if needs_text_or_meme and not turn.get("txt") and "img_id" not in turn:
         release.problem(file, where, "turn has neither txt nor img_id")
     return len(release.problems) == problems_before
@@ -128,26 +163,26 @@ def is_emotion(release: Release, emotion: Any) -> bool:
 
 def read_memes(release: Release) -> None:
     """`emotion_dict.json`, `img2id.json` and the images of `meme_set/`, each decoded once to prove it is whole."""
-    emotion_dict = load_json(release, "emotion_dict.json")
-    if isinstance(emotion_dict, dict):
-        by_id = sorted(emotion_dict.items(), key=lambda item: item[1])
-        if [emotion_id for _, emotion_id in by_id] != list(range(len(by_id))):
-            release.problem("emotion_dict.json", "", "emotion ids must be 0, 1, ..., n-1")
-        release.emotions = [name for name, _ in by_id]
+    read_emotions(release)
     img2id = load_json(release, "img2id.json")
-    if not isinstance(img2id, dict):
+    if img2id is None or not release.expect("img2id.json", "", "the file (image name -> meme id)", img2id, dict):
         return
-    meme_dir = release.root / "meme_set"
-    if not meme_dir.is_dir():
+    if not (release.root / "meme_set").is_dir():
         release.problem("meme_set/", "", "the folder of meme images is missing")
         return
     for file_name, meme_id in img2id.items():
-        meme_id = str(meme_id)
+        if not release.expect("img2id.json", f"entry {file_name!r}", "the meme id (such as '042')", meme_id, str):
+            continue
         release.listed_memes.add(meme_id)
         if meme_id in release.meme_files:
             release.problem("img2id.json", f"meme {meme_id!r}", "duplicate meme id")
             continue
-        problem = image_problem(meme_dir / file_name)
+        try:
+            path = image_path(release.root, file_name)
+        except ValueError as error:
+            release.problem("img2id.json", f"meme {meme_id!r} (entry {file_name!r})", str(error))
+            continue
+        problem = image_problem(path)
         if problem:
             release.problem(f"meme_set/{file_name}", f"meme {meme_id!r}", problem)
             continue
@@ -155,9 +190,45 @@ def read_memes(release: Release) -> None:
     read_features(release)
 
 
+def read_emotions(release: Release) -> None:
+    """`emotion_dict.json`: emotion name -> id, the ids being 0, 1, ..., n-1."""
+    emotion_dict = load_json(release, "emotion_dict.json")
+    if emotion_dict is None or not release.expect(
+        "emotion_dict.json", "", "the file (name -> id)", emotion_dict, dict
+    ):
+        return
+    checks = [release.expect("emotion_dict.json", f"emotion {n!r}", "its id", i, int) for n, i in emotion_dict.items()]
+    if not all(checks):
+        return
+    by_id = sorted(emotion_dict.items(), key=lambda item: item[1])
+    if [emotion_id for _, emotion_id in by_id] != list(range(len(by_id))):
+        release.problem("emotion_dict.json", "", "emotion ids must be 0, 1, ..., n-1")
+    release.emotions = [name for name, _ in by_id]
+
+
+def image_path(root: Path, file_name: str) -> Path:
+    """The image of an img2id.json entry, in the release's `meme_set/`. Nothing from outside the release may end up
+    in the built dataset (or on the hub): a name that leaves `meme_set/` (absolute, or with '..'), or a link that
+    leads out of the release, raises `ValueError`."""
+    name = PurePath(file_name)
+    if name.is_absolute() or ".." in name.parts:
+        raise ValueError("the image must be named relative to meme_set/, without '..'")
+    path = root / "meme_set" / name
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a loop of links (Python < 3.13)
+        raise ValueError(f"the image's path cannot be resolved ({error})") from error
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"the image is a link to {resolved}, outside the release")
+    return path
+
+
 def image_problem(path: Path) -> str | None:
-    if not path.exists():
-        return "image file is missing"
+    try:
+        if not path.is_file():
+            return "image file is missing"
+    except OSError as error:  # e.g. a file name too long for the file system
+        return f"image file cannot be read ({error.strerror})"
     try:
         with Image.open(path) as image:
             image.load()
@@ -172,15 +243,16 @@ def read_features(release: Release) -> None:
     content = load_json(release, "id2feature.json", required=False)
     if content is None:
         return
-    if not isinstance(content, dict):
-        release.problem("id2feature.json", "", "must map meme ids to feature vectors")
+    if not release.expect("id2feature.json", "", "the file (meme id -> feature vector)", content, dict):
         return
     vectors = {meme: content.get(meme) for meme in release.meme_files}
     sizes = Counter(len(v) for v in vectors.values() if is_vector(v))
     size = sizes.most_common(1)[0][0] if sizes else None
     for meme, vector in vectors.items():
-        if not is_vector(vector):
-            problem = "no feature vector" if vector is None else "the feature is not a non-empty list of numbers"
+        if vector is None:
+            problem = "no feature vector"
+        elif not is_vector(vector):
+            problem = f"the feature must be a non-empty list of numbers that a float32 holds (got {describe(vector)})"
         elif len(vector) != size:
             problem = f"the feature has {len(vector)} numbers, the other memes' {size}"
         else:
@@ -191,10 +263,11 @@ def read_features(release: Release) -> None:
 
 
 def is_vector(value: Any) -> bool:
+    """A non-empty list of numbers, each finite and within float32's range (a bool is no number)."""
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= FEATURE_LIMIT for x in value)
     )
 
 
@@ -210,8 +283,7 @@ def read_dialogues(release: Release, split: str, name: str, skip_invalid: bool) 
     content = read_optional(release, name)
     if content is None:
         return
-    if not isinstance(content, dict):
-        release.problem(name, "", "must map dialogue ids to lists of turns")
+    if not release.expect(name, "", "the file (dialogue id -> turns)", content, dict):
         return
     kept = {}
     for dialogue_id, turns in content.items():
@@ -228,8 +300,7 @@ def read_task(release: Release, split: str, task: str, name: str, skip_invalid: 
     content = read_optional(release, name)
     if content is None:
         return
-    if not isinstance(content, list):
-        release.problem(name, "", "a task file must be a list of instances")
+    if not release.expect(name, "", "a task file", content, list):
         return
     kept = {}
     for index, instance in enumerate(content):
@@ -270,11 +341,12 @@ def check_blank_answers(release: Release, name: str, task: str, instances: dict[
 
 
 def check_instance(release: Release, file: str, where: str, task: str, instance: Any) -> bool:
-    if not isinstance(instance, dict) or "history" not in instance or not isinstance(instance.get("answer"), dict):
-        release.problem(file, where, "an instance must be an object with 'history' and an 'answer' object")
+    if not release.expect(file, where, "an instance", instance, dict) or not release.expect(
+        file, f"{where}, answer", "the answer", instance.get("answer"), dict
+    ):
         return False
     answer, blank = instance["answer"], is_blank(task, instance["answer"])
-    ok = check_turns(release, file, where, instance["history"])
+    ok = check_turns(release, file, where, instance.get("history"), "its history")
     given = {key: value for key, value in answer.items() if not (blank and key == ANSWER_FIELDS[task])}
     ok &= check_turn(release, file, f"{where}, answer", given, needs_text_or_meme=False)
     if not blank:
@@ -303,9 +375,15 @@ def check_gold(release: Release, file: str, where: str, task: str, answer: dict)
 
 
 def check_candidates(release: Release, file: str, where: str, instance: dict, gold: str | None) -> bool:
-    candidates = instance.get("candidate", {}).get("set") if isinstance(instance.get("candidate"), dict) else None
+    candidate = instance.get("candidate")
+    candidates = candidate.get("set") if isinstance(candidate, dict) else None
     if not isinstance(candidates, list) or not candidates:
-        release.problem(file, where, "a task2 instance needs candidate.set, a list of meme ids")
+        got = f"{describe(candidates)} as candidate.set" if isinstance(candidate, dict) else describe(candidate)
+        release.problem(file, where, f"a task2 instance needs candidate.set, a list of meme ids (got {got})")
+        return False
+    if not all(
+        release.expect(file, f"{where}, candidate.set[{i}]", "a meme id", m, str) for i, m in enumerate(candidates)
+    ):
         return False
     unknown = [meme for meme in candidates if meme not in release.meme_files]
     if unknown:

@@ -21,7 +21,15 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 import mod_dataset.build as builder
-from mod_dataset import SAMPLE_DIR, SPLITS, InvalidReleaseError, build_dataset, make_sample, push_to_hub
+from mod_dataset import (
+    SAMPLE_DIR,
+    SPLITS,
+    InvalidReleaseError,
+    build_dataset,
+    expected_counts,
+    make_sample,
+    push_to_hub,
+)
 from mod_dataset.__main__ import main
 
 TASKS = ("task1", "task2", "task3")
@@ -424,7 +432,7 @@ def test_skip_invalid_builds_without_the_bad_rows_and_counts_them(tmp_path):
         assert skipped[reason] == 1, skipped
     assert skipped["image cannot be decoded"] == 1
     assert skipped["the feature has 2 numbers, the other memes' 512"] == 1
-    assert skipped["a dialogue must be a non-empty list of turns, got str"] == 1
+    assert skipped["a dialogue must be a non-empty list of turns"] == 1
     assert sum(n for reason, n in skipped.items() if reason.startswith("answer meme")) == 1
     assert all(skipped[f"img_id '{meme}' is unusable"] > 0 for meme in BROKEN_MEMES)
 
@@ -464,6 +472,259 @@ def test_cli_build_reports_problems_or_prints_what_it_skipped(tmp_path, capsys):
     assert f"left out the rows with {sum(skipped.values())} problem(s): " in printed
     assert "1 x turn has no speaker_id" in printed and "1 x image file is missing" in printed
     assert f"dialogues: train {len(read_parquet(tmp_path / 'out', 'dialogues', 'train'))}," in printed
+
+
+def test_skip_invalid_may_leave_a_split_empty(tmp_path):
+    root = copy_sample(tmp_path)
+    write(root, "c_val.json", {key: "not a list of turns" for key in raw("c_val.json")})
+    result = build_dataset(root, tmp_path / "out", skip_invalid=True)
+    assert result["counts"]["dialogues"]["validation"] == 0
+    assert read_parquet(tmp_path / "out", "dialogues", "validation") == []
+    assert len(read_parquet(tmp_path / "out", "response", "validation")) == len(raw("c_val_task1.json"))
+
+
+# Wrongly typed JSON ----------------------------------------------------------------------------------------------------
+
+
+def put(name: str, keys: tuple, value):
+    """A change to a release: the value at `keys` in file `name` replaced (no keys: the whole file)."""
+
+    def change(root: Path) -> None:
+        if not keys:
+            return write(root, name, value)
+        content = raw(name, root)
+        target = content
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        write(root, name, content)
+
+    return change
+
+
+def put_text(name: str, text: str):
+    return lambda root: (root / name).write_text(text, encoding="utf-8")
+
+
+def rename_image(new_name: str, meme: str = "003", value=None):
+    """An img2id.json entry renamed (and its meme id replaced by `value`, if given)."""
+
+    def change(root: Path) -> None:
+        img2id = {name: m for name, m in raw("img2id.json", root).items() if m != meme}
+        write(root, "img2id.json", {**img2id, new_name: meme if value is None else value})
+
+    return change
+
+
+MEME_TURN = ("dialogue 0", 1)  # the sample's first meme turn: speaker2 sends meme 002 with emotion 2
+AT_TURN = "'dialogue 0', turn 1"
+LONG_NAME = "a" * 300 + ".png"
+WRONG_TYPES = [  # (change, (file, where, message)): each is reported, never a traceback
+    (
+        put("c_train.json", (*MEME_TURN, "img_id"), ["002"]),
+        ("c_train.json", AT_TURN, "img_id (a meme id such as '042') must be a string (got a list)"),
+    ),
+    (
+        put("c_train.json", (*MEME_TURN, "img_id"), {"id": "002"}),
+        ("c_train.json", AT_TURN, "must be a string (got an object)"),
+    ),
+    (put("c_train.json", (*MEME_TURN, "img_id"), 2), ("c_train.json", AT_TURN, "must be a string (got the number 2)")),
+    (
+        put("c_train.json", (*MEME_TURN, "emotion_id"), 2.7),
+        ("c_train.json", AT_TURN, "emotion_id must be an integer (got the number 2.7)"),
+    ),
+    (
+        put("c_train.json", (*MEME_TURN, "emotion_id"), 2.0),
+        ("c_train.json", AT_TURN, "emotion_id must be an integer (got the number 2.0)"),
+    ),
+    (
+        put("c_train.json", (*MEME_TURN, "emotion_id"), True),
+        ("c_train.json", AT_TURN, "emotion_id must be an integer (got true)"),
+    ),
+    (
+        put("c_train.json", ("dialogue 0", 0, "txt"), ["听说", "火锅"]),
+        ("c_train.json", "'dialogue 0', turn 0", "txt must be a string (got a list)"),
+    ),
+    (
+        put("c_train.json", ("dialogue 0", 0, "txt"), 5),
+        ("c_train.json", "'dialogue 0', turn 0", "txt must be a string (got the number 5)"),
+    ),
+    (
+        put("c_train.json", ("dialogue 0", 0, "speaker_id"), 1),
+        (
+            "c_train.json",
+            "'dialogue 0', turn 0",
+            "speaker_id must be one of ('[speaker1]', '[speaker2]') (got the number 1)",
+        ),
+    ),
+    (
+        put("c_val_task2.json", (0, "candidate"), ["000", "001"]),
+        ("c_val_task2.json", "instance 0", "needs candidate.set, a list of meme ids (got a list)"),
+    ),
+    (
+        put("c_val_task2.json", (0, "candidate", "set"), "000"),
+        ("c_val_task2.json", "instance 0", "a list of meme ids (got the string '000' as candidate.set)"),
+    ),
+    (
+        put("c_val_task2.json", (0, "candidate", "set", 3), ["000"]),
+        ("c_val_task2.json", "instance 0, candidate.set[3]", "a meme id must be a string (got a list)"),
+    ),
+    (
+        put("c_val_task2.json", (0, "candidate", "set", 3), 7),
+        ("c_val_task2.json", "instance 0, candidate.set[3]", "a meme id must be a string (got the number 7)"),
+    ),
+    (
+        put("emotion_dict.json", ("难过",), "1"),
+        ("emotion_dict.json", "emotion '难过'", "its id must be an integer (got the string '1')"),
+    ),
+    (
+        put("emotion_dict.json", ("难过",), True),
+        ("emotion_dict.json", "emotion '难过'", "its id must be an integer (got true)"),
+    ),
+    (
+        put("emotion_dict.json", (), list(range(8))),
+        ("emotion_dict.json", "", "the file (name -> id) must be an object (got a list)"),
+    ),
+    (
+        put("id2feature.json", ("003",), "x"),
+        (
+            "id2feature.json",
+            "meme '003'",
+            "the feature must be a non-empty list of numbers that a float32 holds (got the string 'x')",
+        ),
+    ),
+    (
+        put("id2feature.json", ("003",), [[0.1, 0.2], [0.3]]),
+        ("id2feature.json", "meme '003'", "a float32 holds (got a list)"),
+    ),
+    (put("id2feature.json", ("003",), 0.5), ("id2feature.json", "meme '003'", "a float32 holds (got the number 0.5)")),
+    (put("id2feature.json", ("003", 7), 1e39), ("id2feature.json", "meme '003'", "a float32 holds (got a list)")),
+    (
+        put_text("c_train.json", "[" * 100_000 + "]" * 100_000),
+        ("c_train.json", "", "malformed JSON (nested too deeply to read)"),
+    ),
+    (
+        put_text("id2feature.json", '{"003": [' + "1" * 5000 + "]}"),
+        ("id2feature.json", "", "malformed JSON (Exceeds the limit"),
+    ),
+    (
+        rename_image(LONG_NAME),
+        (f"meme_set/{LONG_NAME}", "meme '003'", "image file cannot be read (File name too long)"),
+    ),
+    (
+        rename_image("003.png", value=3),
+        ("img2id.json", "entry '003.png'", "the meme id (such as '042') must be a string (got the number 3)"),
+    ),
+    (rename_image("003.png", value=["003"]), ("img2id.json", "entry '003.png'", "must be a string (got a list)")),
+    (
+        put("img2id.json", (), ["000.png"]),
+        ("img2id.json", "", "the file (image name -> meme id) must be an object (got a list)"),
+    ),
+    (
+        put("c_train.json", (), []),
+        ("c_train.json", "", "the file (dialogue id -> turns) must be an object (got a list)"),
+    ),
+    (put("c_val.json", (), None), ("c_val.json", "", "the file holds null")),
+    (put("c_val_task1.json", (), {"0": {}}), ("c_val_task1.json", "", "a task file must be a list (got an object)")),
+    (
+        put("c_val_task1.json", (0,), []),
+        ("c_val_task1.json", "instance 0", "an instance must be an object (got a list)"),
+    ),
+    (
+        put("c_val_task1.json", (0, "history"), {"speaker_id": "[speaker1]", "txt": "你好"}),
+        ("c_val_task1.json", "instance 0", "its history must be a non-empty list of turns (got an object)"),
+    ),
+    (
+        put("c_val_task3.json", (0, "answer"), 3),
+        ("c_val_task3.json", "instance 0, answer", "the answer must be an object (got the number 3)"),
+    ),
+]
+
+
+@pytest.mark.parametrize("change, expected", WRONG_TYPES, ids=[expected[2] for _, expected in WRONG_TYPES])
+def test_wrongly_typed_json_is_a_listed_problem_with_its_place(tmp_path, change, expected):
+    root = copy_sample(tmp_path)
+    change(root)
+    with pytest.raises(InvalidReleaseError) as error:
+        build_dataset(root, tmp_path / "out")
+    assert_reported(error.value.problems, [expected])
+    assert not (tmp_path / "out").exists()
+
+
+# Images only from inside the release -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["../secret.png", "../../secret.png", "absolute path", "link out of the release"])
+def test_an_image_from_outside_meme_set_is_refused_and_never_embedded(tmp_path, entry):
+    root = copy_sample(tmp_path)
+    secret = tmp_path / "secret.png"  # outside the release; a copy lies in the release, outside meme_set/
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(secret)
+    shutil.copy(secret, root / "secret.png")
+    name = {"absolute path": str(secret), "link out of the release": "link.png"}.get(entry, entry)
+    (root / "meme_set" / "link.png").symlink_to(secret)
+    rename_image(name)(root)
+    with pytest.raises(InvalidReleaseError) as error:
+        build_dataset(root, tmp_path / "out")
+    message = f"the image is a link to {secret}" if entry.startswith("link") else "named relative to meme_set/"
+    assert_reported(error.value.problems, [("img2id.json", f"meme '003' (entry {name!r})", message)])
+
+    build_dataset(root, tmp_path / "out", skip_invalid=True)  # the meme is left out, with the turns that use it
+    memes = read_parquet(tmp_path / "out", "memes", "train")
+    assert "003" not in {row["meme_id"] for row in memes} and len(memes) == len(raw("img2id.json")) - 1
+    assert secret.read_bytes() not in {row["image"]["bytes"] for row in memes}
+
+
+def test_a_link_to_an_image_elsewhere_in_the_release_is_followed(tmp_path):
+    root = copy_sample(tmp_path)
+    (root / "images").mkdir()
+    (root / "meme_set" / "003.png").rename(root / "images" / "003.png")
+    (root / "meme_set" / "003.png").symlink_to(root / "images" / "003.png")
+    build_dataset(root, tmp_path / "out")
+    (meme,) = [row for row in read_parquet(tmp_path / "out", "memes", "train") if row["meme_id"] == "003"]
+    assert meme["image"]["bytes"] == (SAMPLE_DIR / "meme_set" / "003.png").read_bytes()
+
+
+# Run in a fresh interpreter: the stored bytes (not decoded) and the decoded size of every meme.
+MEME_BYTES = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import datasets
+
+    memes = datasets.load_dataset(sys.argv[1], "memes", split="train")
+    stored = memes.cast_column("image", datasets.Image(decode=False))
+    print(json.dumps({
+        row["meme_id"]: {
+            "sha256": hashlib.sha256(raw["image"]["bytes"]).hexdigest(),
+            "path": raw["image"]["path"],
+            "size": list(row["image"].size),
+        }
+        for row, raw in zip(memes, stored)
+    }))
+    """
+)
+
+
+def test_image_bytes_are_embedded_even_with_files_of_their_names_in_the_working_directory(tmp_path, monkeypatch):
+    decoys = tmp_path / "cwd"
+    decoys.mkdir()
+    img2id = raw("img2id.json")
+    for name in img2id:
+        Image.new("RGB", (2, 2)).save(decoys / name)
+    monkeypatch.chdir(decoys)
+    build_dataset(SAMPLE_DIR, tmp_path / "out")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, "-c", MEME_BYTES, str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=elsewhere, env=offline_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = json.loads(result.stdout)
+    assert sorted(stored) == sorted(img2id.values())
+    for name, meme in img2id.items():
+        release_file = SAMPLE_DIR / "meme_set" / name
+        assert stored[meme]["sha256"] == hashlib.sha256(release_file.read_bytes()).hexdigest(), name
+        assert stored[meme]["path"] == name  # the bare file name: nothing of the builder's disk
+        with Image.open(release_file) as image:
+            assert stored[meme]["size"] == list(image.size)
 
 
 # Release variants ------------------------------------------------------------------------------------------------------
@@ -600,6 +861,84 @@ def test_a_release_with_fewer_memes_than_candidates_builds(tmp_path, capsys):
         assert all(row["answer"] in row["candidates"] for row in rows)
 
 
+# The output folder: only a folder built here is ever replaced -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output", ["the release", "the release, spelled with ..", "a link to the release", "its parent", "meme_set"]
+)
+def test_an_output_folder_that_is_holds_or_lies_in_the_release_is_refused(tmp_path, capsys, output):
+    root = copy_sample(tmp_path)
+    (tmp_path / "notes.txt").write_text("not made by the builder")
+    (tmp_path / "link").symlink_to(root)
+    out = {
+        "the release": root,
+        "the release, spelled with ..": root / "meme_set" / "..",
+        "a link to the release": tmp_path / "link",
+        "its parent": tmp_path,
+        "meme_set": root / "meme_set",
+    }[output]
+    before = snapshot(tmp_path)
+    assert main(["build", str(root), str(out)]) == 1
+    relation = "lies inside the release folder" if output == "meme_set" else "is the release folder or holds it"
+    assert f"mod_dataset: error: the output folder {out.resolve()} {relation}" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["the working directory", "a hub dataset of the user's", "a file"])
+def test_an_output_folder_not_built_here_is_refused_and_kept_whole(tmp_path, capsys, monkeypatch, output):
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: data/*.parquet\n---\n")
+    (work / "data" / "train.parquet").write_bytes(b"PAR1")
+    monkeypatch.chdir(work)
+    out = {"the working directory": ".", "a hub dataset of the user's": str(work), "a file": "README.md"}[output]
+    before = snapshot(tmp_path)
+    assert main(["build", str(SAMPLE_DIR), out]) == 1
+    error = capsys.readouterr().err
+    if output == "a file":
+        assert f"mod_dataset: error: the output path {work / 'README.md'} exists and is not a folder" in error
+    else:
+        assert (
+            f"mod_dataset: error: the output folder {work} is not empty and was not built by mod_dataset (it has no "
+            ".mod_dataset.json); nothing was changed" in error
+        )
+    assert snapshot(tmp_path) == before
+
+
+def test_an_empty_folder_is_used_and_a_folder_built_here_is_replaced_whole(tmp_path):
+    root, site = copy_sample(tmp_path), tmp_path / "site"
+    (site / "data").mkdir(parents=True)
+    build_dataset(root, site / "data")
+    assert json.loads((site / "data" / ".mod_dataset.json").read_text())["builder"] == "mod_dataset"
+    first = set(snapshot(site / "data"))
+    write(root, "c_test_easy_task1.json", raw("c_test_easy_task1.json")[:5])
+    build_dataset(root, site / "data")
+    second = set(snapshot(site / "data"))
+    assert [p.name for p in site.iterdir()] == ["data"]  # nothing staged or set aside is left beside it
+    changed = first ^ second  # the old files of the changed splits are gone, the new ones there
+    assert first - second and second - first and all("/easy_test-" in name for name in changed), changed
+
+
+def test_a_failure_while_moving_the_new_folder_in_keeps_the_old_one(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    out = site / "data"
+    build_dataset(SAMPLE_DIR, out)
+    before = snapshot(site)
+    rename, failed = Path.rename, []
+
+    def rename_failing_once_onto_out(self, target):
+        if Path(target) == out and not failed:
+            failed.append(self)
+            raise OSError("rename failed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_failing_once_onto_out)
+    with pytest.raises(OSError, match="rename failed"):
+        build_dataset(SAMPLE_DIR, out)
+    assert failed and snapshot(site) == before
+
+
 # Atomic and deterministic builds --------------------------------------------------------------------------------------
 
 
@@ -607,8 +946,7 @@ def test_failed_build_leaves_an_existing_folder_and_its_parent_untouched(tmp_pat
     root = copy_sample(tmp_path)
     plant_row_problems(root)
     out = tmp_path / "site" / "data"
-    out.mkdir(parents=True)
-    (out / "README.md").write_text("the previous build")
+    build_dataset(SAMPLE_DIR, out)  # the previous build
     before = snapshot(tmp_path / "site")
     with pytest.raises(InvalidReleaseError):
         build_dataset(root, out)
@@ -660,6 +998,52 @@ def test_a_rebuilt_folder_loads_its_new_rows_and_not_the_cache_of_the_old_ones(t
     write(root, "c_test_easy_task1.json", raw("c_test_easy_task1.json")[:5])
     build_dataset(root, out)
     assert rows_loaded() == 5
+
+
+# Run in a fresh interpreter: the rows of every config and split, as `datasets` loads them.
+LOAD_COUNTS = textwrap.dedent(
+    """
+    import json, sys
+    import datasets
+
+    folder = sys.argv[1]
+    configs = datasets.get_dataset_config_names(folder)
+    print(json.dumps({c: {s: len(d) for s, d in datasets.load_dataset(folder, c).items()} for c in configs}))
+    """
+)
+
+
+def test_two_datasets_in_folders_of_one_name_load_their_own_rows_through_one_cache(tmp_path):
+    root = copy_sample(tmp_path)
+    build_dataset(root, tmp_path / "a" / "data")
+    write(root, "c_test_easy_task1.json", raw("c_test_easy_task1.json")[:5])
+    write(root, "c_train.json", dict(list(raw("c_train.json").items())[:50]))
+    build_dataset(root, tmp_path / "b" / "data")
+    env = {**offline_env(tmp_path), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}  # one cache for both
+    loaded = {}
+    for name in ("a", "b", "a"):
+        folder = tmp_path / name / "data"
+        command = [sys.executable, "-c", LOAD_COUNTS, str(folder)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        loaded[name] = json.loads(result.stdout)
+        assert loaded[name] == expected_counts(folder), name
+    assert (loaded["a"]["dialogues"]["train"], loaded["a"]["response"]["easy_test"]) == (
+        len(raw("c_train.json")),
+        len(raw("c_test_easy_task1.json")),
+    )
+    assert (loaded["b"]["dialogues"]["train"], loaded["b"]["response"]["easy_test"]) == (50, 5)
+    assert list((tmp_path / "hf" / "datasets").iterdir())  # the cache was used
+
+
+def test_expected_counts_reads_the_dataset_info_of_a_local_card_only(sample_dataset, tmp_path):
+    counts = expected_counts(sample_dataset)
+    assert set(counts) == {"dialogues", "memes", "response", "retrieval", "emotion"}
+    for config, splits in counts.items():
+        assert splits == {split: len(read_parquet(sample_dataset, config, split)) for split in splits}, config
+    assert expected_counts("someone/mod") is None  # a hub id: no local card
+    (tmp_path / "README.md").write_text("---\nlicense: other\n---\n")
+    assert expected_counts(tmp_path) is None  # a card that declares no counts
 
 
 def test_make_sample_regenerates_the_committed_sample_byte_for_byte(tmp_path):
@@ -760,3 +1144,13 @@ def test_cli_push_to_hub_uploads_what_it_built(tmp_path, hub, capsys):
     assert main(["build", str(SAMPLE_DIR), str(tmp_path / "out"), "--push-to-hub", "someone/mod"]) == 0
     assert hub[1][2]["folder_path"] == str(tmp_path / "out") and hub[1][2]["repo_type"] == "dataset"
     assert "uploaded: https://huggingface.co/datasets/someone/mod/commit/0123" in capsys.readouterr().out
+
+
+def test_cli_builds_into_an_empty_working_directory_and_uploads_it(tmp_path, hub, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["build", str(SAMPLE_DIR), ".", "--push-to-hub", "someone/mod"]) == 0
+    assert hub[1][2]["folder_path"] == str(work)
+    assert (work / ".mod_dataset.json").is_file()
+    assert expected_counts(work)["memes"] == {"train": len(raw("img2id.json"))}
