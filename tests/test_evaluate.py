@@ -156,6 +156,9 @@ def drop_splits(dataset: Path, splits: set[str], configs: set[str] | None = None
     for config in metadata["configs"]:
         if configs is None or config["config_name"] in configs:
             config["data_files"] = [files for files in config["data_files"] if files["split"] not in splits]
+    for info in metadata["dataset_info"]:  # the rows the card declares, which `datasets` checks on loading
+        if configs is None or info["config_name"] in configs:
+            info["splits"] = [split for split in info["splits"] if split["name"] not in splits]
     header = yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False)
     card.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
 
