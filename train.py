@@ -88,7 +88,9 @@ class TrainArguments:
             "encoder and new memes enter it as features."
         },
     )
-    meme_encoder: str = field(default="efficientnet_b0", metadata={"help": "timm model that encodes memes."})
+    meme_encoder: str = field(
+        default="efficientnet_b0", metadata={"help": "timm model that encodes memes (--meme_features encoder)."}
+    )
     meme_encoder_checkpoint: str | None = field(default=None, metadata={"help": "Local timm weights for it."})
     meme_feature_normalization: Literal["standardize", "rms", "none"] = field(
         default="standardize",
@@ -330,13 +332,13 @@ def raw_meme_features(
     args: TrainArguments, model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset, batch_size=64
 ) -> torch.Tensor:
     """Every meme's raw feature: the release's vector, or the frozen encoder's output, computed once."""
+    if args.meme_features not in ("encoder", "release"):
+        raise ArgumentError(f"--meme_features {args.meme_features!r}: use 'encoder' or 'release'.")
+    if (model.meme_encoder is None) != (args.meme_features == "release"):
+        fits = "release (it has no meme encoder)" if model.meme_encoder is None else "encoder (it has a meme encoder)"
+        raise ArgumentError(f"--init_from {args.init_from!r} is trained with --meme_features {fits}.")
     if args.meme_features == "release":
         return release_meme_features(args.dataset, memes)
-    if model.meme_encoder is None:
-        raise ArgumentError(
-            f"--init_from {args.init_from!r} has no meme encoder (it was trained on precomputed features): "
-            "train it on with --meme_features release."
-        )
     batches = (memes[start : start + batch_size]["image"] for start in range(0, len(memes), batch_size))
     return torch.cat(
         [model.encode_meme_images(processor.image_processor(images)["pixel_values"]) for images in batches]

@@ -265,6 +265,12 @@ def test_model_on_release_features_reloads_and_ranks_memes(release_model, releas
         model.get_meme_features(torch.zeros(1, 3, 32, 32))
 
 
+def test_model_on_release_features_cannot_go_on_with_image_features(release_model, release_dataset, tmp_path, capsys):
+    args = ["--dataset", str(release_dataset), "--output_dir", str(tmp_path), "--init_from", str(release_model)]
+    assert train.main(args) == 2
+    assert "--meme_features release (it has no meme encoder)" in capsys.readouterr().err
+
+
 def test_release_features_on_a_dataset_without_them_is_a_clear_error(sample_dataset, tmp_path, capsys):
     args = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path), "--meme_features", "release"]
     assert train.main(args) == 2
