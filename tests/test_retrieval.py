@@ -196,7 +196,7 @@ def test_default_flags_learn_to_rank_the_gold_meme(sample_dataset, tmp_path):
     """
     args = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path), "--model_config", "tiny"]
     args += ["--learning_rate", "1e-3", "--warmup_steps", "30", "--per_device_train_batch_size", "16"]
-    args += ["--num_train_epochs", "8", "--logging_steps", "40", "--seed", "0"]
+    args += ["--num_train_epochs", "12", "--logging_steps", "40", "--seed", "0"]
     result = run_script("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert final_metrics(tmp_path)["eval_r10@1"] > 0.25
