@@ -1309,6 +1309,7 @@ def train(args: TrainArguments) -> dict[str, float]:
         args.per_device_eval_batch_size * accelerator.num_processes,
         0,
         shuffle=False,
+        drop_last=False,  # accelerate reads it too: it must not drop the last validation batch
     )
     eval_loader = DataLoader(eval_encodings, batch_sampler=eval_sampler, collate_fn=collator)
     negatives = retrieval_negatives(eval_encodings, len(model.meme_bank_ids), args.seed)
