@@ -1,6 +1,7 @@
 """PyTorch MOD-GPT: a GPT-style decoder that chats in text and Internet memes (Fei et al., 2021)."""
 
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, BatchFeature, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 try:
     from .configuration_mod_gpt import MODGPTConfig
@@ -18,6 +19,7 @@ except ImportError:
     from configuration_mod_gpt import MODGPTConfig
 
 
+logger = logging.get_logger(__name__)
 IGNORE_INDEX = -100
 DIALOGUE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "meme_features")
 
@@ -164,8 +166,14 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             "AutoModel": f"{__name__.split('.')[-1]}.{type(self).__name__}",
             **(getattr(config, "auto_map", None) or {}),
         }
-        if config.meme_encoder_checkpoint:
+        if config.meme_encoder_checkpoint and os.path.isfile(config.meme_encoder_checkpoint):
             timm.models.load_checkpoint(self.meme_encoder, config.meme_encoder_checkpoint, strict=False)
+        elif config.meme_encoder_checkpoint:
+            # A saved model holds its encoder's weights, so the file it was first built from need not outlive it.
+            logger.warning(
+                f"meme_encoder_checkpoint {config.meme_encoder_checkpoint!r} does not exist: the meme encoder keeps "
+                "its initial weights, or those of the saved model being loaded."
+            )
 
     @staticmethod
     def build_meme_encoder(config: MODGPTConfig) -> nn.Module | None:
