@@ -421,7 +421,8 @@ class MODProcessor(ProcessorMixin):
         """
         Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
         `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
-        order). With `meme_images` (meme id to image) the memes also come as `pixel_values`.
+        order), the memes of the meme bank that `model(**inputs)` looks up. With `meme_images` (meme id to image) the
+        memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the two.
         """
         if return_tensors != "pt":
             raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
@@ -435,7 +436,7 @@ class MODProcessor(ProcessorMixin):
             missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
             if missing:
                 raise ValueError(f"meme_images lacks the images of memes {missing}.")
-            images = [meme_images[meme] for meme in inputs["meme_ids"]]
+            images = [meme_images[meme] for meme in inputs.pop("meme_ids")]
             inputs["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return inputs
 
