@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import DIALOGUES, run_script
+from test_inference import marked_copy
 
 import evaluate_mod
 from metrics import load_metric
@@ -409,11 +410,7 @@ def test_a_missing_model_folder_stops_before_any_work(sample_dataset, tmp_path, 
 
 
 def test_evaluation_runs_no_code_from_the_model_folder_unless_asked(trained_model, sample_dataset, tmp_path):
-    model = Path(shutil.copytree(trained_model, tmp_path / f"marked_{tmp_path.name}"))
-    marker = tmp_path / "code_ran.txt"
-    for path in model.glob("*.py"):
-        record = f"open({str(marker)!r}, 'a').write({path.name!r} + '\\n')\n"
-        path.write_text(record + path.read_text(encoding="utf-8"), encoding="utf-8")
+    model, marker = marked_copy(trained_model, tmp_path)
     argv = ["--model", str(model), "--dataset", str(sample_dataset), "--split", "easy_test", "--limit", "2"]
     argv += ["--max_new_tokens", "2", "--output", str(tmp_path / "results.json")]
     assert evaluate_mod.main(argv) == 0
