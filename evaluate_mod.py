@@ -19,6 +19,7 @@ are checked against the counts the dataset card declares, and every start-up che
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -362,16 +363,14 @@ def load_configs(dataset: str) -> dict[str, datasets.DatasetDict]:
 
 
 def check_counts(dataset: str, configs: dict[str, datasets.DatasetDict], expected: dict[str, dict[str, int]]) -> None:
-    """The rows loaded must be those the dataset card declares: otherwise a cache or a file is stale or edited."""
-    mismatches = []
-    for config, splits in configs.items():
-        declared = expected.get(config, {})
-        for split in sorted(set(splits) | set(declared)):
-            loaded = len(splits[split]) if split in splits else None
-            if loaded != declared.get(split):
-                mismatches.append(
-                    f"config {config!r}, split {split!r}: expected {declared.get(split)}, loaded {loaded}"
-                )
+    """The rows of each split loaded must be those the dataset card declares: else a cache or a file is stale."""
+    mismatches = [
+        f"config {config!r}, split {split!r}: expected {expected[config].get(split, 'none')}, loaded {len(rows)}"
+        for config, splits in configs.items()
+        if config in expected
+        for split, rows in splits.items()
+        if len(rows) != expected[config].get(split)
+    ]
     if mismatches:
         raise ValueError(
             f"The rows loaded from {dataset} differ from those its dataset card declares (a stale cache, or files "
@@ -454,12 +453,20 @@ def load_model(model_name: str, config, memes: datasets.Dataset, trust_remote_co
     return model, processor
 
 
-def start(args) -> tuple:
-    """
-    Everything that can fail before evaluating, in the order of its cost: the data and its checks, then the model's
-    config (emotions), then the model. Returns the configs, the splits and whether each is annotated, the model and
-    its processor, and the memes.
-    """
+@dataclass
+class Setup:
+    """What evaluation works with, once every start-up check has passed."""
+
+    configs: dict[str, datasets.DatasetDict]
+    annotated: dict[str, bool]  # for each split to evaluate, whether it has gold answers
+    model: Any
+    processor: Any
+    memes: datasets.Dataset
+
+
+def start(args) -> Setup:
+    """Everything that can fail before evaluating, cheapest first: the data and its checks, the model's config, the
+    model."""
     configs = load_configs(args.dataset)
     splits = choose_splits(args.split, configs, args.dataset)
     annotated = {split: is_annotated(configs, split) for split in splits}
@@ -469,23 +476,24 @@ def start(args) -> tuple:
     check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
     memes = next(iter(configs["memes"].values()))
     model, processor = load_model(args.model, config, memes, args.trust_remote_code)
-    return configs, annotated, model, processor, memes
+    return Setup(configs, annotated, model, processor, memes)
 
 
-def evaluate(args, configs, annotated: dict[str, bool], model, processor, memes) -> dict[str, dict]:
-    seen = dict(zip(memes["meme_id"], memes["seen"]))
+def evaluate(args, setup: Setup) -> dict[str, dict]:
+    model, processor = setup.model, setup.processor
+    seen = dict(zip(setup.memes["meme_id"], setup.memes["seen"]))
     prefix = release_prefix(args.dataset)
     results = {}
-    for split in annotated:
-        results[split] = {"annotated": annotated[split]}
-        if not annotated[split] and not args.write_submission:
+    for split, annotated in setup.annotated.items():
+        results[split] = {"annotated": annotated}
+        if not annotated and not args.write_submission:
             continue  # nothing to score, nothing to write
-        views = split_views(configs, split, args.limit)
+        views = split_views(setup.configs, split, args.limit)
         predicted = predict(model, processor, views, args)
         if args.write_submission:
             write_submission(Path(args.write_submission), split, views, predicted, prefix)
             results[split]["submission"] = args.write_submission
-        if annotated[split]:
+        if annotated:
             results[split].update(score(model, processor, views, predicted, seen, args.batch_size))
     return results
 
@@ -516,10 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
     try:
-        started = start(args)
+        setup = start(args)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    results = evaluate(args, *started)
+    results = evaluate(args, setup)
     print_tables(results)
     if args.output:
         Path(args.output).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")

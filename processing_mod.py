@@ -209,13 +209,13 @@ class MODProcessor(ProcessorMixin):
         self.speaker_of(turn, where)
         text, meme, emotion = turn.get("text"), turn.get("meme"), turn.get("emotion")
         if text is not None and not isinstance(text, str):
-            raise ValueError(f"{where}: 'text' must be a string or None, got {type(text).__name__} {text!r}.")
+            raise ValueError(f"{where}: 'text' must be a string or None, got {describe(text)}.")
         if meme is not None and not (isinstance(meme, str) and meme):
-            raise ValueError(f"{where}: 'meme' must be a meme id (a non-empty string) or None, got {meme!r}.")
+            raise ValueError(f"{where}: 'meme' must be a meme id (a non-empty string) or None, got {describe(meme)}.")
         if text is None and meme is None:
             raise ValueError(f"{where}: a turn needs 'text' or 'meme', both are missing.")
         if emotion is not None and meme is None:
-            raise ValueError(f"{where}: 'emotion' {emotion!r} is given for a turn without a meme.")
+            raise ValueError(f"{where}: 'emotion' is given for a turn without a meme, got {describe(emotion)}.")
         self.emotion_id(emotion, where)
 
     def speaker_of(self, turn: Mapping, where: str) -> str:
@@ -233,13 +233,13 @@ class MODProcessor(ProcessorMixin):
             return IGNORE_INDEX
         if isinstance(emotion, str):
             if self.emotion_names is None or emotion not in self.emotion_names:
-                known = f"one of {self.emotion_names}" if self.emotion_names else "an id: this processor has no names"
+                known = (
+                    f"one of {self.emotion_names}" if self.emotion_names else "this processor has no names: give an id"
+                )
                 raise ValueError(f"{where}: 'emotion' {emotion!r} is not a known emotion name ({known}).")
             return self.emotion_names.index(emotion)
         if isinstance(emotion, bool) or not isinstance(emotion, numbers.Integral):
-            raise ValueError(
-                f"{where}: 'emotion' must be an integer id, a name or None, got {type(emotion).__name__} {emotion!r}."
-            )
+            raise ValueError(f"{where}: 'emotion' must be an integer id, a name or None, got {describe(emotion)}.")
         if emotion < 0 or (self.emotion_names is not None and emotion >= len(self.emotion_names)):
             raise ValueError(f"{where}: 'emotion' id {emotion} is out of range.")
         return int(emotion)
