@@ -2,6 +2,9 @@
 
     python chat.py --model demo_output/model [--dataset demo_output/data]
 
+`--model` is a saved MOD-GPT folder, or `hf://owner/name` for one on the hub. It is loaded with this package's own
+model and processor classes; the code files saved with a model run only with `--trust_remote_code`.
+
 Type a message and press Enter; `#042` (a meme id with `#`) sends meme 042, alone or after text
 (`今天好开心 #042`). `/reset` starts a new dialogue, `/memes` lists meme ids, `/quit` leaves.
 """
@@ -12,7 +15,8 @@ import sys
 
 import datasets
 import torch
-from transformers import AutoModel, AutoProcessor
+
+from pipeline_mod import load_mod_gpt
 
 MEME_PATTERN = re.compile(r"#(\S+)\s*$")
 
@@ -54,7 +58,6 @@ def chat(model, processor, meme_files: dict[str, str], lines, write=print, **gen
             continue
         turn = parse_message(line, "speaker1")
         try:
-            processor.check_memes([turn], model.meme_bank_ids, dialogue_index=0)
             reply = model.respond(history + [turn], processor, **generate_kwargs)
         except ValueError as error:
             write(f"error: {error}")
@@ -65,16 +68,18 @@ def chat(model, processor, meme_files: dict[str, str], lines, write=print, **gen
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A saved MOD-GPT folder or hub id.")
+    parser.add_argument("--model", required=True, help="A saved MOD-GPT folder, or hf://owner/name on the hub.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Load the model with the code files saved in its folder."
+    )
     parser.add_argument("--dataset", help="A built MOD dataset, to show meme file names.")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     try:
-        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    except OSError as error:
+        model, processor = load_mod_gpt(args.model, args.trust_remote_code)
+    except (OSError, ValueError) as error:
         print(f"chat.py: error: cannot load a model from {args.model!r}: {error}", file=sys.stderr)
         return 2
     meme_files = {}

@@ -8,24 +8,32 @@ sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed se
 `generate` with its KV cache. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
 results also keep their sentence-averaged BLEU and sacrebleu's figures (see metrics/mod_text). A split without gold
 answers (the challenge's test release) is not scored: with --write-submission its predictions are written in the
-release's layout, ready to submit.
+release's layout, ready to submit, under the release's file names (`c_` for a Chinese dataset, `e_` for English, from
+the dataset card's `language`).
+
+`--model` is a saved MOD-GPT folder, or `hf://owner/name` for one on the hub. It is loaded with this package's own
+model and processor classes; the code files saved with a model run only with `--trust_remote_code`. The rows loaded
+are checked against the counts the dataset card declares, and every start-up check runs before the model loads.
 """
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 import torch.nn.functional as F
+from huggingface_hub import DatasetCard
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from metrics import load_metric
+from mod_dataset import expected_counts
 from mod_dataset.release import TASK_SPLITS
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
+from pipeline_mod import load_mod_gpt, load_mod_gpt_config
 
 TEST_SPLITS = ("easy_test", "hard_test")
 FALLBACK_SPLIT = "validation"
@@ -40,6 +48,9 @@ TASK_PREDICTIONS = {
     "task3": ("emotion", "emotions"),
 }
 ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
+# The release's file name prefix by dataset language (the card's `language`), and the one taken when it is unknown.
+RELEASE_PREFIXES = {"zh": "c", "en": "e"}
+DEFAULT_RELEASE_PREFIX = "c"
 
 
 def batched(rows: list, size: int, description: str):
@@ -251,12 +262,22 @@ def submission_instances(task: str, rows: list[dict], predictions: list) -> list
     return instances
 
 
-def write_submission(folder: Path, split: str, views: dict[str, list[dict]], predicted: dict[str, list]) -> None:
+def release_prefix(dataset: str) -> str:
+    """The release's file name prefix for the dataset's language, read from a local folder's card (`language`)."""
+    card = Path(dataset) / "README.md"
+    languages = DatasetCard.load(card).data.language if card.is_file() else None
+    languages = [languages] if isinstance(languages, str) else languages or []
+    return next((RELEASE_PREFIXES[lang] for lang in languages if lang in RELEASE_PREFIXES), DEFAULT_RELEASE_PREFIX)
+
+
+def write_submission(
+    folder: Path, split: str, views: dict[str, list[dict]], predicted: dict[str, list], prefix: str
+) -> None:
     """The three task files of `split` under the release's own names (c_test_easy_task1.json, ...), answers filled."""
     folder.mkdir(parents=True, exist_ok=True)
     for task, (view, predictions) in TASK_PREDICTIONS.items():
         instances = submission_instances(task, views[view], predicted[predictions])
-        path = folder / f"c_{TASK_SPLITS[split]}_{task}.json"
+        path = folder / f"{prefix}_{TASK_SPLITS[split]}_{task}.json"
         path.write_text(json.dumps(instances, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
@@ -329,7 +350,32 @@ def print_tables(results: dict[str, dict]) -> None:
 
 
 def load_configs(dataset: str) -> dict[str, datasets.DatasetDict]:
-    return {name: datasets.load_dataset(dataset, name) for name in (*VIEWS, "dialogues", "memes")}
+    """The configs evaluation reads, checked against the rows the dataset card declares (a local folder's card)."""
+    expected = expected_counts(dataset)
+    # Where the card declares the rows, `check_counts` compares them and names the config; datasets' own check
+    # would raise from deep inside `load_dataset`, naming the split only.
+    verification_mode = "no_checks" if expected else None
+    names = (*VIEWS, "dialogues", "memes")
+    configs = {name: datasets.load_dataset(dataset, name, verification_mode=verification_mode) for name in names}
+    if expected:
+        check_counts(dataset, configs, expected)
+    return configs
+
+
+def check_counts(dataset: str, configs: dict[str, datasets.DatasetDict], expected: dict[str, dict[str, int]]) -> None:
+    """The rows of each split loaded must be those the dataset card declares: else a cache or a file is stale."""
+    mismatches = [
+        f"config {config!r}, split {split!r}: expected {expected[config].get(split, 'none')}, loaded {len(rows)}"
+        for config, splits in configs.items()
+        if config in expected
+        for split, rows in splits.items()
+        if len(rows) != expected[config].get(split)
+    ]
+    if mismatches:
+        raise ValueError(
+            f"The rows loaded from {dataset} differ from those its dataset card declares (a stale cache, or files "
+            f"changed after the build: rebuild it, or clear its cache): {'; '.join(mismatches)}."
+        )
 
 
 def choose_splits(requested: list[str] | None, configs: dict[str, datasets.DatasetDict], dataset: str) -> list[str]:
@@ -397,10 +443,9 @@ def split_views(configs: dict[str, datasets.DatasetDict], split: str, limit: int
     return views
 
 
-def load_model(model_name: str, config, memes: datasets.Dataset):
+def load_model(model_name: str, config, memes: datasets.Dataset, trust_remote_code: bool = False):
     """The model and processor, with the dataset's memes added to the bank (unseen ones enter through the encoder)."""
-    model = AutoModel.from_pretrained(model_name, config=config, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
+    model, processor = load_mod_gpt(model_name, trust_remote_code, config=config)
     new = [i for i, meme in enumerate(memes["meme_id"]) if meme not in set(model.meme_bank_ids)]
     if new:
         rows = memes.select(new)
@@ -408,29 +453,47 @@ def load_model(model_name: str, config, memes: datasets.Dataset):
     return model, processor
 
 
-def evaluate(args) -> dict[str, dict]:
+@dataclass
+class Setup:
+    """What evaluation works with, once every start-up check has passed."""
+
+    configs: dict[str, datasets.DatasetDict]
+    annotated: dict[str, bool]  # for each split to evaluate, whether it has gold answers
+    model: Any
+    processor: Any
+    memes: datasets.Dataset
+
+
+def start(args) -> Setup:
+    """Everything that can fail before evaluating, cheapest first: the data and its checks, the model's config, the
+    model."""
     configs = load_configs(args.dataset)
     splits = choose_splits(args.split, configs, args.dataset)
     annotated = {split: is_annotated(configs, split) for split in splits}
     if args.write_submission and any(split not in TASK_SPLITS for split in splits):
         raise ValueError(f"--write-submission: the release has task files for the splits {list(TASK_SPLITS)} only.")
-    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+    config = load_mod_gpt_config(args.model, args.trust_remote_code)
     check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
-
     memes = next(iter(configs["memes"].values()))
-    model, processor = load_model(args.model, config, memes)
-    seen = dict(zip(memes["meme_id"], memes["seen"]))
+    model, processor = load_model(args.model, config, memes, args.trust_remote_code)
+    return Setup(configs, annotated, model, processor, memes)
+
+
+def evaluate(args, setup: Setup) -> dict[str, dict]:
+    model, processor = setup.model, setup.processor
+    seen = dict(zip(setup.memes["meme_id"], setup.memes["seen"]))
+    prefix = release_prefix(args.dataset)
     results = {}
-    for split in splits:
-        results[split] = {"annotated": annotated[split]}
-        if not annotated[split] and not args.write_submission:
+    for split, annotated in setup.annotated.items():
+        results[split] = {"annotated": annotated}
+        if not annotated and not args.write_submission:
             continue  # nothing to score, nothing to write
-        views = split_views(configs, split, args.limit)
+        views = split_views(setup.configs, split, args.limit)
         predicted = predict(model, processor, views, args)
         if args.write_submission:
-            write_submission(Path(args.write_submission), split, views, predicted)
+            write_submission(Path(args.write_submission), split, views, predicted, prefix)
             results[split]["submission"] = args.write_submission
-        if annotated[split]:
+        if annotated:
             results[split].update(score(model, processor, views, predicted, seen, args.batch_size))
     return results
 
@@ -443,8 +506,13 @@ def positive_int(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A saved MOD-GPT folder or hub id.")
+    parser = argparse.ArgumentParser(
+        prog="evaluate_mod.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="A saved MOD-GPT folder, or hf://owner/name on the hub.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Load the model with the code files saved in its folder."
+    )
     parser.add_argument("--dataset", required=True, help="A built MOD dataset folder or hub id.")
     parser.add_argument("--split", nargs="+", help="Splits to evaluate (default: the dataset's test splits).")
     parser.add_argument("--output", help="Write the results as JSON here.")
@@ -455,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
-    results = evaluate(args)
+    try:
+        setup = start(args)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    results = evaluate(args, setup)
     print_tables(results)
     if args.output:
         Path(args.output).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 import inspect
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,6 +314,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         meme_features: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        meme_ids: list[str] | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
@@ -333,18 +335,20 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
                 tokens, in reading order.
             pixel_values (`torch.Tensor` of shape `(num_images, 3, height, width)`, *optional*):
                 Meme images, encoded by the meme encoder, instead of `meme_features`.
+            meme_ids (`list[str]`, *optional*):
+                Ids of meme bank memes (as the processor returns them), in reading order, instead of `meme_features`.
+                The memes come one way only: `meme_features`, `pixel_values` or `meme_ids`.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Text labels aligned with `input_ids` (the model shifts them); `-100` is ignored.
+                Text labels aligned with `input_ids` (the model shifts them); `-100` is ignored. A part of the loss
+                whose labels are given but all ignored (a one-turn dialogue has no text to learn) is a zero that keeps
+                the graph; a part whose labels are not given is `None`.
             usage_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 At `[TAG]` positions, 1 if the turn attaches a meme and 0 if not; `-100` elsewhere. A `[TAG]` labelled
                 1 also trains the meme head towards the meme at the following `[IMG]` (`config.meme_loss`).
             emotion_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 At `[IMG]` positions, the meme's emotion id; `-100` elsewhere.
         """
-        if pixel_values is not None:
-            if meme_features is not None:
-                raise ValueError("Pass either meme_features or pixel_values, not both.")
-            meme_features = self.get_meme_features(pixel_values)
+        meme_features = self.resolve_memes(meme_features, pixel_values, meme_ids)
         inputs_embeds = self.embed_inputs(input_ids, token_type_ids, meme_features)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
@@ -400,11 +404,33 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             hidden_states=hidden_states,
         )
 
+    def resolve_memes(
+        self, meme_features: torch.Tensor | None, pixel_values: torch.Tensor | None, meme_ids: list[str] | None
+    ) -> torch.Tensor | None:
+        """The features of the memes at the `[IMG]` tokens, from whichever one of the three ways they came."""
+        sources = {"meme_features": meme_features, "pixel_values": pixel_values, "meme_ids": meme_ids}
+        given = [name for name, value in sources.items() if value is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"Got memes as {' and '.join(given)}: pass them one way only, as meme_features, pixel_values (images) "
+                "or meme_ids (meme bank ids)."
+            )
+        if pixel_values is not None:
+            return self.get_meme_features(pixel_values)
+        if meme_ids is not None:
+            return self.lookup_memes(meme_ids)
+        return meme_features
+
     def text_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
-        """Next-token cross-entropy, running the LM head only on the positions that have a label."""
+        """
+        Next-token cross-entropy, running the LM head only on the positions that have a label; a zero that keeps the
+        graph when none has (as `classification_loss`).
+        """
         shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         predicting = shifted_labels != IGNORE_INDEX
         logits = self.lm_logits(hidden_states[predicting])
+        if not predicting.any():
+            return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), shifted_labels[predicting])
 
     @staticmethod
@@ -465,12 +491,18 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         return timm.create_model(meme_encoder_name, pretrained=False, num_classes=0).num_features
 
     def prepare_inputs_for_generation(
-        self, *args: Any, meme_features: torch.Tensor | None = None, is_first_iteration: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        meme_features: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        meme_ids: list[str] | None = None,
+        is_first_iteration: bool = False,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # History memes enter with the prompt; once they are in the cache, later steps feed only new text tokens.
         if is_first_iteration or not kwargs.get("use_cache", True):
-            model_inputs["meme_features"] = meme_features
+            model_inputs.update(meme_features=meme_features, pixel_values=pixel_values, meme_ids=meme_ids)
         return model_inputs
 
     # Meme bank ---------------------------------------------------------------------------------------------------
@@ -515,8 +547,10 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
 
     def lookup_memes(self, meme_ids: list[str]) -> torch.Tensor:
         """Features of the given bank memes, `(len(meme_ids), meme_feature_size)`."""
+        if isinstance(meme_ids, str) or not isinstance(meme_ids, Sequence):
+            raise ValueError(f"meme_ids must be a list of meme ids, got {type(meme_ids).__name__} {meme_ids!r}.")
         position = {meme_id: index for index, meme_id in enumerate(self.config.meme_bank_ids)}
-        unknown = [meme_id for meme_id in meme_ids if meme_id not in position]
+        unknown = [meme_id for meme_id in meme_ids if not isinstance(meme_id, str) or meme_id not in position]
         if unknown:
             raise ValueError(f"Unknown meme id(s) {unknown}: not in the model's meme bank of {len(position)} memes.")
         return self.meme_bank_features[torch.tensor([position[m] for m in meme_ids], dtype=torch.long)]
@@ -562,6 +596,27 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             MemeRetrieval([ids[i] for i in row.tolist()[: len(ids)]], dist.tolist()[: len(ids)])
             for ids, row, dist in zip(candidates, order, ranked_distances)
         ]
+
+    def check_candidates(self, candidates: list[list[str]], num_dialogues: int) -> None:
+        """Raise a `ValueError` naming the candidate list that is not a non-empty list of distinct meme bank ids."""
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or len(candidates) != num_dialogues:
+            raise ValueError(
+                f"candidates must hold one list of meme ids per dialogue ({num_dialogues}), got {candidates!r}."
+            )
+        known = set(self.config.meme_bank_ids)
+        for index, ids in enumerate(candidates):
+            if isinstance(ids, (str, Mapping)) or not isinstance(ids, Sequence) or not ids:
+                raise ValueError(
+                    f"candidates of dialogue {index}: expected a non-empty list of meme ids, got {ids!r}."
+                )
+            unknown = [meme_id for meme_id in ids if not isinstance(meme_id, str) or meme_id not in known]
+            if unknown:
+                raise ValueError(
+                    f"candidates of dialogue {index}: {unknown} are not in the model's meme bank ({len(known)} memes)."
+                )
+            repeated = sorted({meme_id for meme_id in ids if ids.count(meme_id) > 1})
+            if repeated:
+                raise ValueError(f"candidates of dialogue {index}: {repeated} appear more than once.")
 
     def candidate_distances(self, meme_predictions: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
         """
@@ -631,22 +686,27 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         dialogues: list[dict] | list[list[dict]],
         processor: Any,
         candidates: list[str] | list[list[str]] | None = None,
-        top_k: int = 5,
+        top_k: int | None = 5,
         **generate_kwargs: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """
         Answer one dialogue (a list of turns) or a batch of them: generate the reply text with `generate`, decide
         with the usage head whether to attach a meme, pick it by retrieval over the meme bank (or the given
-        candidate ids) and predict its emotion. The prompt keeps the latest turns that fit the decoder with room for
-        `max_new_tokens` (see `max_prompt_length`); a latest turn that cannot fit is a `ValueError`. Returns, per dialogue, `{"speaker", "text", "meme", "emotion",
-        "meme_scores"}` where `meme_scores` lists the `top_k` nearest memes with their distances.
+        candidate ids: a list for one dialogue, one list per dialogue for a batch) and predict its emotion. The
+        prompt keeps the latest turns that fit the decoder with room for `max_new_tokens` (see
+        `max_prompt_length`); a latest turn that cannot fit is a `ValueError`. Returns, per dialogue, `{"speaker",
+        "text", "meme", "emotion", "meme_scores"}` where `meme_scores` lists the `top_k` nearest memes (all of them
+        for `None`) with their distances.
         """
-        single = bool(dialogues) and isinstance(dialogues[0], dict)
-        batch = [dialogues] if single else list(dialogues)
-        if candidates is not None and single:
-            candidates = [candidates]
+        batch, single = processor.dialogue_batch(dialogues)
         for index, dialogue in enumerate(batch):
-            processor.check_memes(dialogue, self.config.meme_bank_ids, dialogue_index=index)
+            processor.check_dialogue(dialogue, index, known_memes=self.config.meme_bank_ids)
+        batch = [list(dialogue) for dialogue in batch]
+        if candidates is not None:
+            candidates = [candidates] if single else candidates
+            self.check_candidates(candidates, len(batch))
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
 
         generation_config = generate_kwargs.get("generation_config") or self.generation_config
         max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)

@@ -1,14 +1,24 @@
-"""The `meme-dialogue` pipeline: a dialogue in, a reply out (text, meme id and image, emotion, top memes)."""
+"""The `meme-dialogue` pipeline: a dialogue in, a reply out (text, meme id and image, emotion, top memes); and
+`load_mod_gpt`, which loads a saved MOD-GPT with its processor without running code from the folder."""
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from transformers import AutoModel, Pipeline
+from transformers import AutoConfig, AutoModel, AutoProcessor, Pipeline, PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
+try:
+    from .configuration_mod_gpt import MODGPTConfig
+    from .modeling_mod_gpt import MODGPTForMemeDialogue
+    from .processing_mod import MODProcessor
+except ImportError:
+    from configuration_mod_gpt import MODGPTConfig
+    from modeling_mod_gpt import MODGPTForMemeDialogue
+    from processing_mod import MODProcessor
 
-def is_dialogue(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and bool(value) and isinstance(value[0], Mapping)
+HUB_PREFIX = "hf://"
 
 
 class MemeDialoguePipeline(Pipeline):
@@ -28,8 +38,8 @@ class MemeDialoguePipeline(Pipeline):
         memes (`Mapping[str, PIL.Image.Image]` or a `memes` dataset split, *optional*):
             Meme images by id, returned with each chosen meme. Memes not yet in the model's bank are added to it
             (encoded by the model's meme encoder), so they can be chosen too.
-    Call arguments: `candidates` (meme ids to choose among), `top_k` (memes listed with their distances),
-    `batch_size`, and any `generate` argument (`max_new_tokens`, `do_sample`, ...).
+    Call arguments: `candidates` (meme ids to choose among, the same list for every dialogue of the call), `top_k`
+    (memes listed with their distances), `batch_size`, and any `generate` argument (`max_new_tokens`, ...).
     """
 
     _load_processor = True
@@ -61,27 +71,28 @@ class MemeDialoguePipeline(Pipeline):
 
     def __call__(self, dialogues, batch_size: int | None = None, **kwargs: Any):
         """One dialogue gives one reply; a list of dialogues gives a list, answered `batch_size` at a time."""
-        if is_dialogue(dialogues):
-            return super().__call__([dialogues], **kwargs)[0]
-        if not isinstance(dialogues, Sequence) or not dialogues or not all(is_dialogue(d) for d in dialogues):
-            raise ValueError("meme-dialogue expects a dialogue (a non-empty list of turn dicts) or a list of them.")
-        batch_size = batch_size or self._batch_size or 1
+        batch, single = self.processor.dialogue_batch(dialogues)
+        batch_size = (self._batch_size or 1) if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         _, forward_params, _ = self._sanitize_parameters(**kwargs)
+        inputs = [self.preprocess(dialogue, index)["dialogue"] for index, dialogue in enumerate(batch)]
         replies = []
-        for start in range(0, len(dialogues), batch_size):
-            chunk = [self.preprocess(dialogue)["dialogue"] for dialogue in dialogues[start : start + batch_size]]
-            outputs = self.forward({"dialogue": chunk}, **forward_params)
+        for start in range(0, len(inputs), batch_size):
+            outputs = self.forward({"dialogue": inputs[start : start + batch_size]}, **forward_params)
             replies += [self.postprocess(output) for output in outputs]
-        return replies
+        return replies[0] if single else replies
 
-    def preprocess(self, dialogue: Sequence[Mapping]) -> dict[str, Any]:
-        if not is_dialogue(dialogue):
-            raise ValueError("A dialogue must be a non-empty list of turns {'speaker', 'text', 'meme', 'emotion'}.")
-        self.processor.check_memes(dialogue, self.model.meme_bank_ids)
+    def preprocess(self, dialogue: Sequence[Mapping], dialogue_index: int = 0) -> dict[str, Any]:
+        """The dialogue checked (its turns, and its memes against the bank) and copied."""
+        self.processor.check_dialogue(dialogue, dialogue_index, known_memes=self.model.meme_bank_ids)
         return {"dialogue": [dict(turn) for turn in dialogue]}
 
-    def _forward(self, model_inputs: dict[str, Any], **forward_params: Any):
-        return self.model.respond(model_inputs["dialogue"], self.processor, **forward_params)
+    def _forward(self, model_inputs: dict[str, Any], candidates: list[str] | None = None, **forward_params: Any):
+        """Replies to a list of checked dialogues, each choosing among the same `candidates` if given."""
+        dialogues = model_inputs["dialogue"]
+        per_dialogue = None if candidates is None else [candidates] * len(dialogues)
+        return self.model.respond(dialogues, self.processor, candidates=per_dialogue, **forward_params)
 
     def postprocess(self, reply: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -92,6 +103,56 @@ class MemeDialoguePipeline(Pipeline):
             "emotion": reply["emotion"],
             "top_memes": [{"meme": meme, "distance": distance} for meme, distance in reply["meme_scores"]],
         }
+
+
+# Loading a saved MOD-GPT -------------------------------------------------------------------------------------------
+
+
+def model_source(model: str) -> str:
+    """
+    Where `model` lives: a local folder, or `hf://owner/name` for a hub repo. A path that is not a folder is a
+    `FileNotFoundError`: a mistyped or not yet trained local path is never looked up on the hub.
+    """
+    if model.startswith(HUB_PREFIX):
+        return model[len(HUB_PREFIX) :]
+    if not Path(model).is_dir():
+        raise FileNotFoundError(
+            f"model folder {model!r} does not exist (a model on the hub is named {HUB_PREFIX}owner/name)."
+        )
+    return model
+
+
+def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """
+    The config of a saved MOD-GPT (see `model_source`). Without `trust_remote_code`, only a MOD-GPT folder (config.json
+    with model_type "mod_gpt") is taken, read with this package's `MODGPTConfig`.
+    """
+    source = model_source(model)
+    if trust_remote_code:
+        return AutoConfig.from_pretrained(source, trust_remote_code=True)
+    model_type = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    if model_type != MODGPTConfig.model_type:
+        raise ValueError(
+            f"{model!r} is not a MOD-GPT model (config.json has model_type {json.dumps(model_type)}, not "
+            f'"{MODGPTConfig.model_type}"); run its own code only if you trust it (trust_remote_code).'
+        )
+    return MODGPTConfig.from_pretrained(source)
+
+
+def load_mod_gpt(
+    model: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None
+) -> tuple[MODGPTForMemeDialogue, MODProcessor]:
+    """
+    A saved MOD-GPT and its processor, in eval mode, built from this package's classes: the code files saved in the
+    folder run only with `trust_remote_code=True` (then through the Auto classes). `config` defaults to
+    `load_mod_gpt_config(model, trust_remote_code)`.
+    """
+    config = config or load_mod_gpt_config(model, trust_remote_code)
+    source = model_source(model)
+    if trust_remote_code:
+        loaded = AutoModel.from_pretrained(source, config=config, trust_remote_code=True)
+        return loaded.eval(), AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    return MODGPTForMemeDialogue.from_pretrained(source, config=config).eval(), MODProcessor.from_pretrained(source)
 
 
 PIPELINE_REGISTRY.register_pipeline("meme-dialogue", pipeline_class=MemeDialoguePipeline, pt_model=AutoModel)

@@ -1,5 +1,6 @@
 """Processor for MOD-GPT: tokenizer, meme image processor, and the one-sequence-per-dialogue encoding."""
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ DIALOGUE_SPECIAL_TOKENS = {
     "extra_special_tokens": ["[speaker1]", "[speaker2]", "[IMG]", "[TAG]"],
 }
 LABEL_TURNS = ("all", "last", "none")
+PADDING_SIDES = ("right", "left")
+TURN_FIELDS = ("speaker", "text", "meme", "emotion")
 
 
 class MemeImageProcessor(BaseImageProcessor):
@@ -157,41 +160,103 @@ class MODProcessor(ProcessorMixin):
         tokenizer.add_special_tokens(DIALOGUE_SPECIAL_TOKENS)
         return cls(MemeImageProcessor.from_timm_model(meme_encoder_name), tokenizer, **kwargs)
 
+    @classmethod
+    def _get_arguments_from_pretrained(
+        cls, pretrained_model_name_or_path: str, processor_dict: dict | None = None, **kwargs: Any
+    ) -> list:
+        # This module's own classes rather than the Auto classes, which would import the image processor's code
+        # from the folder: loading a MODProcessor never runs code saved with it.
+        kwargs.pop("trust_remote_code", None)
+        return [
+            MemeImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            BertTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+        ]
+
     @property
     def special_token_ids(self) -> dict[str, int]:
         """The special token ids under the names `MODGPTConfig` takes."""
         names = ("bos", "eos", "pad", "speaker1", "speaker2", "image", "tag")
         return {f"{name}_token_id": self.token_ids[token] for name, token in zip(names, SPECIAL_TOKENS)}
 
-    # Checking turns -----------------------------------------------------------------------------------------------
+    # Checking dialogues ------------------------------------------------------------------------------------------
 
-    def check_memes(self, dialogue: list[Mapping], known_memes: Iterable[str], dialogue_index: int = 0) -> None:
-        """Raise a `ValueError` naming the turn whose meme is not among `known_memes`."""
-        known = set(known_memes)
+    def check_dialogue(
+        self, dialogue: Sequence[Mapping], dialogue_index: int = 0, known_memes: Iterable[str] | None = None
+    ) -> None:
+        """
+        Raise a `ValueError` naming the dialogue, turn and field of the first thing that is not a valid dialogue (see
+        `check_turn`) or, with `known_memes`, of the first meme not among them.
+        """
+        check_dialogue_shape(dialogue, dialogue_index)
+        known = set(known_memes) if known_memes is not None else None
         for turn_index, turn in enumerate(dialogue):
+            where = f"dialogue {dialogue_index}, turn {turn_index}"
+            self.check_turn(turn, where)
             meme = turn.get("meme")
-            if meme is not None and meme not in known:
-                raise ValueError(
-                    f"dialogue {dialogue_index}, turn {turn_index}: 'meme' {meme!r} is unknown (not in the meme bank)."
-                )
+            if known is not None and meme is not None and meme not in known:
+                raise ValueError(f"{where}: 'meme' {meme!r} is unknown (not in the meme bank).")
+
+    def check_turn(self, turn: Mapping, where: str) -> None:
+        """
+        Raise a `ValueError` naming the field of `turn` that does not follow the turn schema: only the fields
+        `speaker` ("speaker1" or "speaker2"), `text` (a string or None), `meme` (a meme id string or None) and
+        `emotion` (None, an emotion id or name; only with a meme), and at least one of `text` and `meme`.
+        """
+        check_is_turn(turn, where)
+        unknown = [key for key in turn if key not in TURN_FIELDS]
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; a turn has the fields {list(TURN_FIELDS)}.")
+        self.speaker_of(turn, where)
+        text, meme, emotion = turn.get("text"), turn.get("meme"), turn.get("emotion")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{where}: 'text' must be a string or None, got {describe(text)}.")
+        if meme is not None and not (isinstance(meme, str) and meme):
+            raise ValueError(f"{where}: 'meme' must be a meme id (a non-empty string) or None, got {describe(meme)}.")
+        if text is None and meme is None:
+            raise ValueError(f"{where}: a turn needs 'text' or 'meme', both are missing.")
+        if emotion is not None and meme is None:
+            raise ValueError(f"{where}: 'emotion' is given for a turn without a meme, got {describe(emotion)}.")
+        self.emotion_id(emotion, where)
 
     def speaker_of(self, turn: Mapping, where: str) -> str:
+        """The turn's speaker, "speaker1" or "speaker2" (written with or without brackets)."""
+        check_is_turn(turn, where)
         speaker = turn.get("speaker")
-        speaker = speaker.strip("[]") if isinstance(speaker, str) else speaker
+        speaker = speaker.strip("[]") if isinstance(speaker, str) else None
         if speaker not in SPEAKERS:
             raise ValueError(f"{where}: 'speaker' must be 'speaker1' or 'speaker2', got {turn.get('speaker')!r}.")
         return speaker
 
     def emotion_id(self, emotion: int | str | None, where: str) -> int:
+        """The label of a turn's `emotion`: its id, from an integer id or a name; `IGNORE_INDEX` for None."""
         if emotion is None:
             return IGNORE_INDEX
         if isinstance(emotion, str):
             if self.emotion_names is None or emotion not in self.emotion_names:
-                raise ValueError(f"{where}: 'emotion' {emotion!r} is not a known emotion name.")
+                known = (
+                    f"one of {self.emotion_names}" if self.emotion_names else "this processor has no names: give an id"
+                )
+                raise ValueError(f"{where}: 'emotion' {emotion!r} is not a known emotion name ({known}).")
             return self.emotion_names.index(emotion)
+        if isinstance(emotion, bool) or not isinstance(emotion, numbers.Integral):
+            raise ValueError(f"{where}: 'emotion' must be an integer id, a name or None, got {describe(emotion)}.")
         if emotion < 0 or (self.emotion_names is not None and emotion >= len(self.emotion_names)):
             raise ValueError(f"{where}: 'emotion' id {emotion} is out of range.")
         return int(emotion)
+
+    @staticmethod
+    def dialogue_batch(dialogues: Any) -> tuple[list, bool]:
+        """
+        `dialogues` as a batch, and whether it was one dialogue: a list whose first item is a turn (a dict) is one
+        dialogue, any other non-empty list a batch of dialogues (each checked when it is encoded).
+        """
+        if not is_nonempty_list(dialogues):
+            raise ValueError(
+                "Expected a dialogue (a non-empty list of turns) or a batch of dialogues (a non-empty list of them), "
+                f"got {describe(dialogues)}."
+            )
+        single = isinstance(dialogues[0], Mapping)
+        return ([dialogues] if single else list(dialogues)), single
 
     def next_speaker(self, dialogue: list[Mapping]) -> str:
         """The speaker who answers the dialogue: the one who did not speak last."""
@@ -202,10 +267,9 @@ class MODProcessor(ProcessorMixin):
 
     def encode_turn(self, turn: Mapping, where: str, labelled: bool) -> dict[str, list]:
         """The tokens of one turn, with segment ids, text labels, and usage/emotion labels at `[TAG]`/`[IMG]`."""
+        self.check_turn(turn, where)
         speaker = self.speaker_of(turn, where)
         text, meme = turn.get("text"), turn.get("meme")
-        if text is None and meme is None:
-            raise ValueError(f"{where}: a turn needs 'text' or 'meme', both are missing.")
         ids = self.token_ids
         text_ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
         input_ids = [ids[f"[{speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"]]
@@ -222,7 +286,7 @@ class MODProcessor(ProcessorMixin):
             labels.append(IGNORE_INDEX)
             usage_labels.append(IGNORE_INDEX)
             emotion_labels.append(self.emotion_id(turn.get("emotion"), where) if labelled else IGNORE_INDEX)
-            memes.append(str(meme))
+            memes.append(meme)
         return {
             "input_ids": input_ids,
             "token_type_ids": token_type_ids,
@@ -236,14 +300,11 @@ class MODProcessor(ProcessorMixin):
         """Each turn of a dialogue encoded by `encode_turn`, labelled as `label_turns` says."""
         if label_turns not in LABEL_TURNS:
             raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
-        if isinstance(dialogue, Mapping) or isinstance(dialogue, str) or not dialogue:
-            raise ValueError(f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns.")
+        check_dialogue_shape(dialogue, dialogue_index)
         last = len(dialogue) - 1
         turns = []
         for turn_index, turn in enumerate(dialogue):
             where = f"dialogue {dialogue_index}, turn {turn_index}"
-            if not isinstance(turn, Mapping):
-                raise ValueError(f"{where}: a turn must be a dict, got {type(turn).__name__}.")
             labelled = label_turns == "all" and turn_index > 0 or label_turns == "last" and turn_index == last
             turns.append(self.encode_turn(turn, where, labelled))
         return turns
@@ -324,6 +385,8 @@ class MODProcessor(ProcessorMixin):
 
     def pad(self, encodings: Sequence[Mapping[str, list]], padding_side: str = "right") -> BatchFeature:
         """Pad encoded dialogues into a batch of tensors; `meme_ids` stays a flat list in reading order."""
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}.")
         longest = max(len(encoding["input_ids"]) for encoding in encodings)
         pad_values = {
             "input_ids": self.token_ids["[PAD]"],
@@ -358,13 +421,12 @@ class MODProcessor(ProcessorMixin):
         """
         Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
         `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
-        order). With `meme_images` (meme id to image) the memes also come as `pixel_values`.
+        order), the memes of the meme bank that `model(**inputs)` looks up. With `meme_images` (meme id to image) the
+        memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the two.
         """
         if return_tensors != "pt":
             raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
-        if isinstance(dialogues, (str, Mapping)) or not dialogues:
-            raise ValueError("Expected a dialogue (a non-empty list of turns) or a batch of dialogues.")
-        batch = [dialogues] if isinstance(dialogues[0], Mapping) else dialogues
+        batch, _ = self.dialogue_batch(dialogues)
         encodings = [
             self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns, max_length)
             for index, dialogue in enumerate(batch)
@@ -374,7 +436,7 @@ class MODProcessor(ProcessorMixin):
             missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
             if missing:
                 raise ValueError(f"meme_images lacks the images of memes {missing}.")
-            images = [meme_images[meme] for meme in inputs["meme_ids"]]
+            images = [meme_images[meme] for meme in inputs.pop("meme_ids")]
             inputs["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return inputs
 
@@ -398,6 +460,29 @@ class MODProcessor(ProcessorMixin):
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def is_nonempty_list(value: Any) -> bool:
+    """A non-empty sequence that is neither a string nor a mapping: the shape of a dialogue and of a batch."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) > 0
+
+
+def describe(value: Any) -> str:
+    """A value's type and a short repr, for error messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def check_dialogue_shape(dialogue: Any, dialogue_index: int) -> None:
+    if not is_nonempty_list(dialogue):
+        raise ValueError(
+            f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns, got {describe(dialogue)}."
+        )
+
+
+def check_is_turn(turn: Any, where: str) -> None:
+    if not isinstance(turn, Mapping):
+        raise ValueError(f"{where}: a turn must be a dict, got {describe(turn)}.")
 
 
 def join_turns(turns: Sequence[Mapping[str, list]]) -> dict[str, list]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import DIALOGUES, run_script
+from test_inference import marked_copy
 
 import evaluate_mod
 from metrics import load_metric
@@ -148,19 +149,28 @@ def rewrite_view(dataset: Path, view: str, split: str, rewrite) -> None:
         pq.write_table(rewrite(pq.read_table(path)), path)
 
 
-def drop_splits(dataset: Path, splits: set[str], configs: set[str] | None = None) -> None:
-    """Remove splits from the dataset card's configs (all of them, or those named), as if the release lacked them."""
+def edit_card(dataset: Path, edit) -> None:
+    """Apply `edit` to the YAML metadata of the dataset card, in place."""
     card = dataset / "README.md"
     _, header, body = card.read_text(encoding="utf-8").split("---\n", 2)
     metadata = yaml.safe_load(header)
-    for config in metadata["configs"]:
-        if configs is None or config["config_name"] in configs:
-            config["data_files"] = [files for files in config["data_files"] if files["split"] not in splits]
-    for info in metadata["dataset_info"]:  # the rows the card declares, which `datasets` checks on loading
-        if configs is None or info["config_name"] in configs:
-            info["splits"] = [split for split in info["splits"] if split["name"] not in splits]
+    edit(metadata)
     header = yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False)
     card.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
+
+
+def drop_splits(dataset: Path, splits: set[str], configs: set[str] | None = None) -> None:
+    """Remove splits from the dataset card's configs (all of them, or those named), as if the release lacked them."""
+
+    def edit(metadata: dict) -> None:
+        for config in metadata["configs"]:
+            if configs is None or config["config_name"] in configs:
+                config["data_files"] = [files for files in config["data_files"] if files["split"] not in splits]
+        for info in metadata["dataset_info"]:  # the rows the card declares, which `datasets` checks on loading
+            if configs is None or info["config_name"] in configs:
+                info["splits"] = [split for split in info["splits"] if split["name"] not in splits]
+
+    edit_card(dataset, edit)
 
 
 def blank_answers(keep_first: int = 0):
@@ -186,7 +196,17 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the start-up checks")
 
-    monkeypatch.setattr(evaluate_mod.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(evaluate_mod, "load_mod_gpt", refuse)
+
+
+def start_up_error(argv: list[str], capsys) -> str:
+    """The message evaluate_mod.py stops with: exit status 2, `evaluate_mod.py: error: ...` and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_mod.main(argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("evaluate_mod.py: error: ") and "Traceback" not in stderr, stderr
+    return stderr
 
 
 def test_a_blank_split_is_not_scored_and_its_submission_is_written(trained_model, sample_dataset, tmp_path):
@@ -211,23 +231,25 @@ def test_a_blank_split_is_not_scored_and_its_submission_is_written(trained_model
         assert len(written) == 6 and all(instance["answer"] for instance in written)
 
 
-def test_a_view_with_answered_and_blank_rows_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading):
+def test_a_view_with_answered_and_blank_rows_is_an_error(
+    sample_dataset, tmp_path, fresh_cache, no_model_loading, capsys
+):
     dataset = copy_dataset(sample_dataset, tmp_path)
     rewrite_view(dataset, "retrieval", "easy_test", blank_answers(keep_first=3))
-    with pytest.raises(ValueError, match=r"split 'easy_test', view 'retrieval': \d+ of \d+ rows have no answer"):
-        evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
+    message = start_up_error(["--model", "unused", "--dataset", str(dataset)], capsys)
+    assert re.search(r"split 'easy_test', view 'retrieval': \d+ of \d+ rows have no answer", message)
 
 
-def test_a_split_missing_from_one_view_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading):
+def test_a_split_missing_from_one_view_is_an_error(sample_dataset, tmp_path, fresh_cache, no_model_loading, capsys):
     dataset = copy_dataset(sample_dataset, tmp_path)
     drop_splits(dataset, {"easy_test"}, configs={"emotion"})
-    with pytest.raises(ValueError, match="split 'easy_test' has no instances in the 'emotion' view"):
-        evaluate_mod.main(["--model", "unused", "--dataset", str(dataset)])
+    message = start_up_error(["--model", "unused", "--dataset", str(dataset)], capsys)
+    assert "split 'easy_test' has no instances in the 'emotion' view" in message
 
 
-def test_a_missing_split_is_named_with_the_splits_the_dataset_has(sample_dataset, no_model_loading):
-    with pytest.raises(ValueError, match=r"\['test'\] are not in the dataset .*\['train', 'validation', 'easy_test'"):
-        evaluate_mod.main(["--model", "unused", "--dataset", str(sample_dataset), "--split", "test"])
+def test_a_missing_split_is_named_with_the_splits_the_dataset_has(sample_dataset, no_model_loading, capsys):
+    message = start_up_error(["--model", "unused", "--dataset", str(sample_dataset), "--split", "test"], capsys)
+    assert re.search(r"\['test'\] are not in the dataset .*\['train', 'validation', 'easy_test'", message)
 
 
 def test_without_test_splits_the_default_is_validation(sample_dataset, tmp_path, fresh_cache, capsys):
@@ -240,12 +262,14 @@ def test_without_test_splits_the_default_is_validation(sample_dataset, tmp_path,
         evaluate_mod.choose_splits(["easy_test"], configs, str(dataset))
 
 
-def test_a_model_with_other_emotions_is_refused_before_any_work(model, sample_dataset, tmp_path, no_model_loading):
+def test_a_model_with_other_emotions_is_refused_before_any_work(
+    model, sample_dataset, tmp_path, no_model_loading, capsys
+):
     model.config.save_pretrained(tmp_path / "model")
     dataset_emotions = datasets.load_dataset(str(sample_dataset), "emotion", split="easy_test").features["answer"]
-    with pytest.raises(ValueError, match="emotions") as error:
-        evaluate_mod.main(["--model", str(tmp_path / "model"), "--dataset", str(sample_dataset)])
-    assert str(model.config.emotion_names) in str(error.value) and str(dataset_emotions.names) in str(error.value)
+    message = start_up_error(["--model", str(tmp_path / "model"), "--dataset", str(sample_dataset)], capsys)
+    assert "emotions" in message
+    assert str(model.config.emotion_names) in message and str(dataset_emotions.names) in message
 
 
 @pytest.mark.parametrize("argument", ["--batch_size", "--limit", "--max_new_tokens"])
@@ -301,7 +325,7 @@ def test_task_2_is_written_back_in_the_release_layout(tmp_path):
     views = {"response": response, "retrieval": RETRIEVAL_ROWS[:2], "emotion": emotion}
     ranked = [["003", "006", "001", "002"], ["002", "007", "000", "004"]]
     predicted = {"replies": ["好的呀"], "ranked": ranked, "emotions": [[2, 0, 3, 1]]}
-    evaluate_mod.write_submission(tmp_path, "easy_test", views, predicted)
+    evaluate_mod.write_submission(tmp_path, "easy_test", views, predicted, prefix="c")
     names = ["c_test_easy_task1.json", "c_test_easy_task2.json", "c_test_easy_task3.json"]
     assert sorted(path.name for path in tmp_path.iterdir()) == names
     task1, task2, task3 = (json.loads((tmp_path / name).read_text(encoding="utf-8")) for name in names)
@@ -358,3 +382,59 @@ def test_emotions_are_ranked_over_fewer_than_five_emotions(model, processor):
     scores = evaluate_mod.emotion_scores(rows, ranked, ks)
     assert scores["ks"] == [1, 4] and scores["accuracy@4"] == 1.0
     assert scores["accuracy@1"] == sum(r[0] == row["answer"] for r, row in zip(ranked, rows)) / 3
+
+
+# Start-up: model folder, stale data, release language ---------------------------------------------------------------
+
+
+def declare_rows(config: str, split: str, offset: int):
+    def edit(metadata: dict) -> None:
+        info = next(info for info in metadata["dataset_info"] if info["config_name"] == config)
+        next(entry for entry in info["splits"] if entry["name"] == split)["num_examples"] += offset
+
+    return edit
+
+
+def test_rows_that_differ_from_the_card_stop_with_config_split_and_counts(
+    sample_dataset, tmp_path, fresh_cache, no_model_loading, capsys
+):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    loaded = len(datasets.load_dataset(str(sample_dataset), "retrieval", split="hard_test"))
+    edit_card(dataset, declare_rows("retrieval", "hard_test", offset=2))
+    message = start_up_error(["--model", "unused", "--dataset", str(dataset)], capsys)
+    assert f"config 'retrieval', split 'hard_test': expected {loaded + 2}, loaded {loaded}" in message
+    assert message.count("config '") == 1  # the other configs and splits agree with the card
+
+
+def test_a_missing_model_folder_stops_before_any_work(sample_dataset, tmp_path, no_model_loading, capsys):
+    missing = str(tmp_path / "runs" / "mod-gpt")
+    message = start_up_error(["--model", missing, "--dataset", str(sample_dataset)], capsys)
+    assert f"model folder {missing!r} does not exist" in message
+
+
+def test_evaluation_runs_no_code_from_the_model_folder_unless_asked(trained_model, sample_dataset, tmp_path):
+    model, marker = marked_copy(trained_model, tmp_path)
+    argv = ["--model", str(model), "--dataset", str(sample_dataset), "--split", "easy_test", "--limit", "2"]
+    argv += ["--max_new_tokens", "2", "--output", str(tmp_path / "results.json")]
+    assert evaluate_mod.main(argv) == 0
+    assert not marker.exists()
+    assert evaluate_mod.main([*argv, "--trust_remote_code"]) == 0
+    assert {"modeling_mod_gpt.py", "processing_mod.py"} <= set(marker.read_text().split())
+
+
+@pytest.mark.parametrize("language, prefix", [(["zh"], "c"), (["en"], "e"), ("en", "e"), (["fr"], "c"), (None, "c")])
+def test_the_release_prefix_follows_the_card_language(sample_dataset, tmp_path, language, prefix):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    edit_card(dataset, lambda metadata: metadata.update(language=language))
+    assert evaluate_mod.release_prefix(str(dataset)) == prefix
+    assert evaluate_mod.release_prefix(str(tmp_path / "no_card")) == "c"
+
+
+def test_an_english_dataset_gets_english_submission_files(trained_model, sample_dataset, tmp_path, fresh_cache):
+    dataset = copy_dataset(sample_dataset, tmp_path)
+    edit_card(dataset, lambda metadata: metadata.update(language=["en"]))
+    submission = tmp_path / "submission"
+    argv = ["--model", str(trained_model), "--dataset", str(dataset), "--split", "hard_test", "--limit", "2"]
+    assert evaluate_mod.main([*argv, "--max_new_tokens", "2", "--write-submission", str(submission)]) == 0
+    names = sorted(path.name for path in submission.iterdir())
+    assert names == [f"e_test_hard_task{task}.json" for task in (1, 2, 3)]

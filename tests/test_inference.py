@@ -1,19 +1,23 @@
 """The meme-dialogue pipeline and the terminal chat, on a saved tiny model."""
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import DIALOGUES, MEME_IDS, REPO_ROOT
 from PIL import Image
 from test_processor import long_dialogue
+from transformers import GPT2Config
 
 import chat
-from pipeline_mod import MemeDialoguePipeline
+from pipeline_mod import MemeDialoguePipeline, load_mod_gpt, model_source
 
 
 @pytest.fixture
@@ -158,3 +162,142 @@ def test_chat_reports_an_overlong_message_and_keeps_the_dialogue(model, processo
     assert len(errors) == 1 and "turn 2: 'text' encodes to 306 tokens" in errors[0] and "max_length=252" in errors[0]
     assert len([line for line in written if line.startswith("MOD-GPT:")]) == 2
     assert [turn["text"] for turn in dialogues[-1][::2]] == ["你好", "哈哈哈"] and len(dialogues[-1]) == 3
+
+
+# Bad input to respond and the pipeline ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_generation(model, monkeypatch):
+    """Fail the test if `generate` runs: bad input must be refused before any work."""
+
+    def refuse(**kwargs):
+        raise AssertionError("generate ran before the input was checked")
+
+    monkeypatch.setattr(model, "generate", refuse)
+
+
+BAD_RESPOND_CALLS = [
+    ({"dialogues": DIALOGUES[1][0]}, r"Expected a dialogue \(a non-empty list of turns\) .*, got dict"),
+    ({"dialogues": "你好"}, r"Expected a dialogue .*, got str '你好'"),
+    ({"dialogues": [DIALOGUES[1], "你好"]}, r"dialogue 1: a dialogue must be a non-empty list of turns, got str"),
+    ({"candidates": []}, r"candidates of dialogue 0: expected a non-empty list of meme ids, got \[\]"),
+    ({"candidates": "001"}, r"candidates of dialogue 0: expected a non-empty list of meme ids, got '001'"),
+    ({"candidates": ["001", "404"]}, r"candidates of dialogue 0: \['404'\] are not in the model's meme bank"),
+    ({"candidates": ["001", "002", "001"]}, r"candidates of dialogue 0: \['001'\] appear more than once"),
+    ({"top_k": -1}, r"top_k must be a positive integer or None, got -1"),
+    ({"top_k": 0}, r"top_k must be a positive integer or None, got 0"),
+    ({"top_k": 2.5}, r"top_k must be a positive integer or None, got 2.5"),
+    ({"top_k": True}, r"top_k must be a positive integer or None, got True"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_RESPOND_CALLS)
+def test_respond_refuses_bad_input_before_generating(model, processor, no_generation, call, message):
+    call = {"dialogues": DIALOGUES[1], **call}
+    with pytest.raises(ValueError, match=message):
+        model.respond(call.pop("dialogues"), processor, **call)
+
+
+def test_respond_takes_one_candidate_list_per_dialogue_of_a_batch(model, processor, no_generation):
+    with pytest.raises(ValueError, match=r"candidates must hold one list of meme ids per dialogue \(2\)"):
+        model.respond(DIALOGUES[:2], processor, candidates=[["001", "002"]])
+    with pytest.raises(ValueError, match=r"candidates of dialogue 1: \['404'\] are not in the model's meme bank"):
+        model.respond(DIALOGUES[:2], processor, candidates=[["001"], ["404"]])
+
+
+@pytest.mark.parametrize("call, message", BAD_RESPOND_CALLS)
+def test_pipeline_refuses_what_respond_refuses(model, processor, no_generation, call, message):
+    call = {"dialogues": DIALOGUES[1], **call}
+    with pytest.raises(ValueError, match=message):
+        MemeDialoguePipeline(model=model, processor=processor)(call.pop("dialogues"), **call)
+
+
+@pytest.mark.parametrize(
+    "dialogues, message",
+    [
+        (5, r"Expected a dialogue .*, got int 5"),
+        ([], r"Expected a dialogue .*, got list \[\]"),
+        ([DIALOGUES[0], DIALOGUES[1][0]], r"dialogue 1: a dialogue must be a non-empty list of turns, got dict"),
+        ([DIALOGUES[1][0], "你好"], r"dialogue 0, turn 1: a turn must be a dict, got str '你好'"),
+        ([*DIALOGUES, [{"speaker": "speaker1", "text": ["hi"]}]], r"dialogue 3, turn 0: 'text' must be a string"),
+        ([*DIALOGUES, [{"speaker": "speaker1", "meme": "404"}]], r"dialogue 3, turn 0: 'meme' '404' is unknown"),
+    ],
+)
+def test_pipeline_inputs_of_the_wrong_shape_are_named(model, processor, no_generation, dialogues, message):
+    with pytest.raises(ValueError, match=message):
+        MemeDialoguePipeline(model=model, processor=processor)(dialogues, batch_size=2)
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, 1.5, True])
+def test_pipeline_batch_size_must_be_a_positive_integer(model, processor, no_generation, batch_size):
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {batch_size}"):
+        MemeDialoguePipeline(model=model, processor=processor)(DIALOGUES, batch_size=batch_size)
+
+
+def test_pipeline_candidates_apply_to_every_dialogue_of_a_batch(model, processor):
+    model.usage_head.out_proj.bias.data[:] = model.usage_head.out_proj.bias.data.new_tensor([-50.0, 50.0])
+    candidates = ["002", "005", "006"]
+    chat_pipeline = MemeDialoguePipeline(model=model, processor=processor)
+    replies = chat_pipeline(DIALOGUES, candidates=candidates, batch_size=2, max_new_tokens=2)
+    assert len(replies) == len(DIALOGUES)
+    for reply in replies:
+        assert reply["meme"] in candidates
+        assert sorted(entry["meme"] for entry in reply["top_memes"]) == sorted(candidates)
+
+
+# Loading without remote code ----------------------------------------------------------------------------------------
+
+
+def marked_copy(folder, tmp_path):
+    """A copy of a saved model whose code files record, in a marker file, that they ran; and that marker file."""
+    marked = Path(shutil.copytree(folder, tmp_path / f"marked_{tmp_path.name}"))
+    marker = tmp_path / "code_ran.txt"
+    code_files = sorted(marked.glob("*.py"))
+    assert {path.name for path in code_files} >= {"modeling_mod_gpt.py", "processing_mod.py"}
+    for path in code_files:
+        record = f"open({str(marker)!r}, 'a').write({path.name!r} + '\\n')\n"
+        path.write_text(record + path.read_text(encoding="utf-8"), encoding="utf-8")
+    return marked, marker
+
+
+def run_chat(argv: list[str], lines: str, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    code = chat.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_chat_runs_no_code_from_the_model_folder_unless_asked(saved_model, tmp_path, monkeypatch, capsys):
+    folder, marker = marked_copy(saved_model, tmp_path)
+    argv = ["--model", str(folder), "--max_new_tokens", "2"]
+    code, out, err = run_chat(argv, "你好\n/quit\n", monkeypatch, capsys)
+    assert code == 0 and out.count("MOD-GPT:") == 1, err
+    assert not marker.exists()
+    code, out, err = run_chat([*argv, "--trust_remote_code"], "你好\n/quit\n", monkeypatch, capsys)
+    assert code == 0 and out.count("MOD-GPT:") == 1, err
+    assert {"modeling_mod_gpt.py", "processing_mod.py"} <= set(marker.read_text().split())
+
+
+def test_chat_reports_a_missing_model_folder_without_asking_the_hub(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_chat(["--model", "runs/mod-gpt"], "", monkeypatch, capsys)
+    assert code == 2 and "MOD-GPT chat" not in out
+    assert err.startswith("chat.py: error: ") and "Traceback" not in err
+    assert "model folder 'runs/mod-gpt' does not exist (a model on the hub is named hf://owner/name)" in err
+
+
+def test_a_folder_of_another_model_type_needs_trust_remote_code(tmp_path):
+    GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r'is not a MOD-GPT model \(config.json has model_type "gpt2", not "mod_gpt"'):
+        load_mod_gpt(str(tmp_path))
+    assert model_source("hf://owner/mod-gpt") == "owner/mod-gpt" and model_source(str(tmp_path)) == str(tmp_path)
+
+
+def test_load_mod_gpt_gives_this_package_classes_equal_to_the_saved_model(saved_model, model, processor):
+    loaded, loaded_processor = load_mod_gpt(str(saved_model))
+    assert type(loaded) is type(model) and type(loaded_processor) is type(processor)
+    assert not loaded.training and loaded.meme_bank_ids == model.meme_bank_ids
+    inputs = processor(DIALOGUES)
+    torch.testing.assert_close(loaded(**inputs).loss, model(**inputs).loss)
+    assert torch.equal(loaded_processor(DIALOGUES)["input_ids"], inputs["input_ids"])

@@ -272,13 +272,62 @@ def test_text_loss_on_labelled_positions_equals_full_logits_loss(model, processo
 def test_images_through_encoder_equal_their_features(model, processor):
     images = {meme: Image.new("RGB", (48, 48), color=(30 * i, 200 - 20 * i, 90)) for i, meme in enumerate(MEME_IDS)}
     inputs = processor(DIALOGUES, meme_images=images)
+    assert "meme_ids" not in inputs  # the images stand for the memes: one source, so model(**inputs) takes it
+    from_images = model(**inputs)
     pixel_values = inputs.pop("pixel_values")
-    meme_ids = inputs.pop("meme_ids")
-    features = model.get_meme_features(pixel_values)
-    from_images = model(**inputs, pixel_values=pixel_values)
-    from_features = model(**inputs, meme_features=features)
-    assert len(meme_ids) == len(pixel_values)
-    torch.testing.assert_close(from_images.logits, from_features.logits)
+    assert len(pixel_values) == len(processor(DIALOGUES)["meme_ids"])
+    from_features = model(**inputs, meme_features=model.get_meme_features(pixel_values))
+    for part in ("loss", "lm_loss", "usage_loss", "meme_loss", "emotion_loss", "emotion_logits"):
+        torch.testing.assert_close(getattr(from_images, part), getattr(from_features, part))
+
+
+# The plain call: model(**processor(dialogue)) ------------------------------------------------------------------------
+
+
+LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
+
+
+def test_the_processor_output_runs_as_is_with_memes_from_the_bank(model, processor):
+    inputs = processor(DIALOGUES)
+    plain = model(**inputs)
+    features = model.lookup_memes(inputs["meme_ids"])
+    explicit = model(**{key: value for key, value in inputs.items() if key != "meme_ids"}, meme_features=features)
+    for part in ("loss", *LOSS_PARTS, "meme_predictions", "emotion_logits"):
+        torch.testing.assert_close(getattr(plain, part), getattr(explicit, part))
+    assert torch.isfinite(plain.loss)
+
+
+@pytest.mark.parametrize("other", ["meme_features", "pixel_values"])
+def test_memes_given_two_ways_are_refused(model, processor, other):
+    inputs = processor(DIALOGUES[1])
+    values = {"meme_features": model.lookup_memes(inputs["meme_ids"]), "pixel_values": torch.zeros(1, 3, 32, 32)}
+    with pytest.raises(ValueError, match=rf"Got memes as {other} and meme_ids: pass them one way only"):
+        model(**inputs, **{other: values[other]})
+
+
+def test_unknown_meme_ids_in_the_plain_call_are_named(model, processor):
+    inputs = processor(DIALOGUES[1])
+    with pytest.raises(ValueError, match=r"Unknown meme id\(s\) \['404'\]: not in the model's meme bank of 8"):
+        model(**dict(inputs, meme_ids=["404"]))
+    with pytest.raises(ValueError, match="meme_ids must be a list of meme ids, got str '002'"):
+        model(**dict(inputs, meme_ids="002"))
+
+
+def test_a_dialogue_with_nothing_to_learn_gives_zero_losses_that_keep_the_graph(model, processor):
+    one_turn = [DIALOGUES[0][1]]  # a meme turn: no labelled text, usage or emotion (the first turn is context)
+    outputs = model(**processor(one_turn))
+    parts = torch.stack([getattr(outputs, part) for part in LOSS_PARTS])  # as the training loop stacks them
+    assert parts.tolist() == [0.0] * 4 and outputs.loss.item() == 0.0
+    assert outputs.loss.requires_grad
+    outputs.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_an_unlabelled_dialogue_in_a_batch_changes_no_loss(model, processor):
+    alone = model(**processor(DIALOGUES))
+    with_one_turn = model(**processor([*DIALOGUES, [DIALOGUES[0][0]]]))
+    for part in ("loss", *LOSS_PARTS):
+        torch.testing.assert_close(getattr(with_one_turn, part), getattr(alone, part))
 
 
 # Generation ---------------------------------------------------------------------------------------------------------
@@ -288,6 +337,15 @@ def generation_prompt(model, processor):
     prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
     memes = model.lookup_memes(prompt["meme_ids"])
     return {key: prompt[key] for key in ("input_ids", "attention_mask", "token_type_ids")}, memes
+
+
+def test_generate_takes_the_processor_meme_ids(model, processor):
+    prompt, memes = generation_prompt(model, processor)
+    meme_ids = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")["meme_ids"]
+    kwargs = dict(prompt, do_sample=False, max_new_tokens=6, min_new_tokens=6)
+    for use_cache in (True, False):
+        from_ids = model.generate(**kwargs, meme_ids=meme_ids, use_cache=use_cache)
+        assert torch.equal(from_ids, model.generate(**kwargs, meme_features=memes, use_cache=use_cache))
 
 
 def test_greedy_generate_with_cache_equals_without(model, processor):

@@ -1,5 +1,6 @@
 """MODProcessor: vocabulary, sequence layout, truncation, padding, decoding."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import CORPUS, DIALOGUES, EMOTIONS, MEME_IDS
@@ -199,3 +200,91 @@ def test_generation_prompt_never_drops_the_latest_turn(processor):
         rf"special tokens and the reply prompt, more than max_length={last_turn_length + 1}",
     ):
         processor.encode_dialogue(dialogue, add_generation_prompt=True, max_length=last_turn_length + 1)
+
+
+# Bad input ----------------------------------------------------------------------------------------------------------
+
+
+def with_turn(**fields) -> list[dict]:
+    """A two-turn dialogue whose second turn (a meme turn of speaker2) has `fields` changed."""
+    turn = {"speaker": "speaker2", "text": "好", "meme": "001", "emotion": None, **fields}
+    return [DIALOGUES[0][0], turn]
+
+
+BAD_TURNS = [
+    (with_turn(text=["你好"]), r"turn 1: 'text' must be a string or None, got list \['你好'\]"),
+    (with_turn(text=5), r"turn 1: 'text' must be a string or None, got int 5"),
+    (with_turn(meme=["001"]), r"turn 1: 'meme' must be a meme id \(a non-empty string\) or None, got list \['001'\]"),
+    (with_turn(meme=1), r"turn 1: 'meme' must be a meme id .*, got int 1\."),
+    (with_turn(meme=""), r"turn 1: 'meme' must be a meme id .*, got str ''"),
+    (with_turn(emotion=2.7), r"turn 1: 'emotion' must be an integer id, a name or None, got float 2.7"),
+    (with_turn(emotion=2.0), r"turn 1: 'emotion' must be an integer id, a name or None, got float 2.0"),
+    (with_turn(emotion=True), r"turn 1: 'emotion' must be an integer id, a name or None, got bool True"),
+    (with_turn(emotion=[1]), r"turn 1: 'emotion' must be an integer id, a name or None, got list \[1\]"),
+    (with_turn(emotion="joyful"), r"turn 1: 'emotion' 'joyful' is not a known emotion name \(one of \['happy'"),
+    (with_turn(emotion=len(EMOTIONS)), rf"turn 1: 'emotion' id {len(EMOTIONS)} is out of range"),
+    (with_turn(meme=None, emotion="happy"), r"turn 1: 'emotion' is given for a turn without a meme, got str 'happy'"),
+    (with_turn(img_id="002"), r"turn 1: unknown field\(s\) \['img_id'\]; a turn has the fields \['speaker'"),
+    (with_turn(speaker=["speaker2"]), r"turn 1: 'speaker' must be 'speaker1' or 'speaker2', got \['speaker2'\]"),
+    ([DIALOGUES[0][0], ["speaker2", "好"]], r"turn 1: a turn must be a dict, got list"),
+]
+
+
+@pytest.mark.parametrize("dialogue, message", BAD_TURNS)
+def test_a_bad_field_is_named_with_its_dialogue_and_turn_by_every_entry_point(processor, dialogue, message):
+    with pytest.raises(ValueError, match=f"^dialogue 0, {message}"):
+        processor(dialogue)
+    with pytest.raises(ValueError, match=f"^dialogue 1, {message}"):
+        processor([DIALOGUES[1], dialogue])
+    with pytest.raises(ValueError, match=f"^dialogue 2, {message}"):
+        processor.encode_dialogue(dialogue, dialogue_index=2)
+    with pytest.raises(ValueError, match=f"^dialogue 3, {message}"):
+        processor.encode_windows(dialogue, dialogue_index=3)
+    with pytest.raises(ValueError, match=f"^dialogue 4, {message}"):
+        processor.check_dialogue(dialogue, dialogue_index=4)
+
+
+def test_emotion_ids_are_integers_or_known_names(processor):
+    assert processor.emotion_id(2, "here") == 2 == processor.emotion_id(np.int64(2), "here")
+    assert processor.emotion_id("sad", "here") == EMOTIONS.index("sad")
+    assert processor.emotion_id(None, "here") == IGNORE_INDEX
+    for bad in (2.7, 2.0, True, False, "2", [2]):
+        with pytest.raises(ValueError, match=r"^here: 'emotion'"):
+            processor.emotion_id(bad, "here")
+
+
+def test_speaker_of_a_non_turn_is_named(processor):
+    with pytest.raises(ValueError, match=r"^turn 4: a turn must be a dict, got str 'speaker1'"):
+        processor.speaker_of("speaker1", "turn 4")
+    assert processor.speaker_of({"speaker": "[speaker2]"}, "turn 4") == "speaker2"
+
+
+@pytest.mark.parametrize(
+    "dialogues, message",
+    [
+        (5, r"Expected a dialogue .* or a batch of dialogues .*, got int 5"),
+        ("你好", r"Expected a dialogue .*, got str '你好'"),
+        (DIALOGUES[0][0], r"Expected a dialogue .*, got dict"),
+        ([1], r"dialogue 0: a dialogue must be a non-empty list of turns, got int 1"),
+        ([DIALOGUES[0], 1], r"dialogue 1: a dialogue must be a non-empty list of turns, got int 1"),
+        ([DIALOGUES[0], "hi"], r"dialogue 1: a dialogue must be a non-empty list of turns, got str 'hi'"),
+        ([DIALOGUES[0], DIALOGUES[1][0]], r"dialogue 1: a dialogue must be a non-empty list of turns, got dict"),
+        ([DIALOGUES[1][0], DIALOGUES[1]], r"dialogue 0, turn 1: a turn must be a dict, got list"),
+    ],
+)
+def test_inputs_of_the_wrong_shape_are_named(processor, dialogues, message):
+    with pytest.raises(ValueError, match=message):
+        processor(dialogues)
+
+
+def test_dialogue_encoders_name_a_dialogue_that_is_not_a_list(processor):
+    for bad in (None, 5, "你好", DIALOGUES[0][0]):
+        with pytest.raises(ValueError, match=r"^dialogue 2: a dialogue must be a non-empty list of turns"):
+            processor.encode_dialogue(bad, dialogue_index=2)
+        with pytest.raises(ValueError, match=r"^dialogue 2: a dialogue must be a non-empty list of turns"):
+            processor.encode_windows(bad, dialogue_index=2)
+
+
+def test_padding_side_is_left_or_right(processor):
+    with pytest.raises(ValueError, match=r"padding_side must be one of \('right', 'left'\), got 'middle'"):
+        processor(DIALOGUES, padding_side="middle")
