@@ -444,12 +444,9 @@ def split_views(configs: dict[str, datasets.DatasetDict], split: str, limit: int
 
 
 def load_model(model_name: str, config, memes: datasets.Dataset, trust_remote_code: bool = False):
-    """The model and processor, with the dataset's memes added to the bank (unseen ones enter through the encoder)."""
+    """The model and processor, with the dataset's memes added to the bank (unseen ones become candidates too)."""
     model, processor = load_mod_gpt(model_name, trust_remote_code, config=config)
-    new = [i for i, meme in enumerate(memes["meme_id"]) if meme not in set(model.meme_bank_ids)]
-    if new:
-        rows = memes.select(new)
-        model.add_memes(rows["meme_id"], pixel_values=processor.image_processor(rows["image"])["pixel_values"])
+    model.add_new_memes(memes, processor.image_processor)
     return model, processor
 
 

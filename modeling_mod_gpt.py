@@ -545,6 +545,29 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         self.meme_bank_features = torch.cat([bank, meme_features[torch.tensor(new, dtype=torch.bool)]])
         self.config.meme_bank_ids = bank_ids + [meme_id for meme_id, is_new in zip(meme_ids, new) if is_new]
 
+    def add_new_memes(self, memes: Any, image_processor: Any) -> list[str]:
+        """
+        Add the memes of a `memes` table (the built dataset's `memes` config) that the bank lacks, such as the hard
+        test's unseen memes: from their images through the meme encoder, or, for a model without one (trained on the
+        release's features), from the table's `feature` column. Returns the ids added.
+        """
+        known = set(self.meme_bank_ids)
+        new = [index for index, meme_id in enumerate(memes["meme_id"]) if meme_id not in known]
+        if not new:
+            return []
+        rows = memes.select(new)
+        if self.meme_encoder is not None:
+            self.add_memes(rows["meme_id"], pixel_values=image_processor(rows["image"])["pixel_values"])
+        elif "feature" not in rows.column_names or any(feature is None for feature in rows["feature"]):
+            raise ValueError(
+                f"Memes {rows['meme_id'][:10]} are not in the meme bank, and this model (no meme encoder: it was "
+                "trained on the release's features) needs their `feature` vectors, which the memes table lacks (the "
+                "release had no id2feature.json, or no vector for them)."
+            )
+        else:
+            self.add_memes(rows["meme_id"], meme_features=torch.tensor(rows["feature"]))
+        return rows["meme_id"]
+
     def lookup_memes(self, meme_ids: list[str]) -> torch.Tensor:
         """Features of the given bank memes, `(len(meme_ids), meme_feature_size)`."""
         if isinstance(meme_ids, str) or not isinstance(meme_ids, Sequence):

@@ -36,8 +36,9 @@ class MemeDialoguePipeline(Pipeline):
 
     Args:
         memes (`Mapping[str, PIL.Image.Image]` or a `memes` dataset split, *optional*):
-            Meme images by id, returned with each chosen meme. Memes not yet in the model's bank are added to it
-            (encoded by the model's meme encoder), so they can be chosen too.
+            Meme images by id, returned with each chosen meme. Memes not yet in the model's bank are added to it, so
+            they can be chosen too: encoded by the model's meme encoder, or, for a model trained on the release's
+            features (no meme encoder), taken from the `feature` column of a `memes` dataset split.
     Call arguments: `candidates` (meme ids to choose among, the same list for every dialogue of the call), `top_k`
     (memes listed with their distances), `batch_size`, and any `generate` argument (`max_new_tokens`, ...).
     """
@@ -50,9 +51,16 @@ class MemeDialoguePipeline(Pipeline):
     def __init__(self, *args: Any, memes: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.meme_images = self.index_memes(memes) if memes is not None else {}
-        new = [meme for meme in self.meme_images if meme not in set(self.model.meme_bank_ids)]
+        if isinstance(memes, Mapping):
+            self.add_meme_images(memes)
+        elif memes is not None:  # a memes table: its images, or its features for a model without a meme encoder
+            self.model.add_new_memes(memes, self.processor.image_processor)
+
+    def add_meme_images(self, images: Mapping) -> None:
+        """Encode the memes of `images` (id -> image) that the model's bank lacks, and add them to it."""
+        new = [meme for meme in images if meme not in set(self.model.meme_bank_ids)]
         if new:
-            pixel_values = self.processor.image_processor([self.meme_images[m] for m in new])["pixel_values"]
+            pixel_values = self.processor.image_processor([images[m] for m in new])["pixel_values"]
             self.model.add_memes(new, pixel_values=pixel_values)
 
     @staticmethod

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -271,11 +272,34 @@ def test_model_on_release_features_cannot_go_on_with_image_features(release_mode
     assert "--meme_features release (it has no meme encoder)" in capsys.readouterr().err
 
 
-def test_release_features_on_a_dataset_without_them_is_a_clear_error(sample_dataset, tmp_path, capsys):
-    args = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path), "--meme_features", "release"]
+def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_features(release_model, release_dataset):
+    from evaluate_mod import load_model
+    from pipeline_mod import MemeDialoguePipeline
+
+    meme_ids, features = release_features(release_dataset)
+    unseen = {"104": features[3] * 2.0, "105": features[7] - 0.01}  # new memes the model was never trained with
+    memes = datasets.Dataset.from_dict(
+        {"meme_id": [*meme_ids, *unseen], "feature": [*features.tolist(), *[v.tolist() for v in unseen.values()]]}
+    )
+    model, processor = load_model(str(release_model), None, memes)
+    assert model.meme_bank_ids[-2:] == ["104", "105"]
+    torch.testing.assert_close(model.lookup_memes(["104"]), model.normalize_meme_features(unseen["104"][None]))
+    pipe = MemeDialoguePipeline(model=model, processor=processor, memes=memes.select(range(len(meme_ids) - 5)))
+    assert pipe.model.meme_bank_ids == model.meme_bank_ids  # nothing new: no feature needed, no image either
+    memes_without_features = memes.remove_columns("feature").add_item({"meme_id": "106"})
+    with pytest.raises(ValueError, match=r"\['106'\].*no meme encoder.*`feature`"):
+        model.add_new_memes(memes_without_features, processor.image_processor)
+
+
+def test_release_features_on_a_dataset_without_them_is_a_clear_error(tmp_path, capsys):
+    release = tmp_path / "release"
+    shutil.copytree(SAMPLE_DIR, release)
+    (release / "id2feature.json").unlink()
+    build_dataset(release, tmp_path / "data")
+    args = ["--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"), "--meme_features", "release"]
     assert train.main(args) == 2
     error = capsys.readouterr().err
-    assert str(sample_dataset) in error and "id2feature.json" in error and "`feature` column" in error
+    assert str(tmp_path / "data") in error and "id2feature.json" in error and "`feature` column" in error
 
 
 def test_memes_without_a_release_feature_are_listed(tmp_path, capsys):
