@@ -133,7 +133,8 @@ def test_bad_meme_options_name_the_field(processor, overrides, field):
 
 def attach_memes_inputs(processor, model, dialogues):
     inputs = processor(dialogues)
-    return {**inputs, "meme_features": model.lookup_memes(inputs.pop("meme_ids"))}
+    meme_ids = inputs.pop("meme_ids")
+    return {**inputs, "meme_features": model.lookup_memes(meme_ids)}
 
 
 DIALOGUES_WITH_MEMES = [
