@@ -67,7 +67,7 @@ class MemeDialoguePipeline(Pipeline):
     def index_memes(memes: Any) -> dict:
         if isinstance(memes, Mapping):
             return dict(memes)
-        return dict(zip(memes["meme_id"], memes["image"]))
+        return dict(zip(memes["meme_id"], memes["image"])) if "image" in memes.column_names else {}
 
     def _sanitize_parameters(self, candidates=None, top_k=None, **generate_kwargs):
         forward_params = dict(generate_kwargs)

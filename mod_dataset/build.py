@@ -219,8 +219,8 @@ def meme_rows(release: Release, train_memes: set[str] | None) -> list[dict]:
             "file_name": file_name,
             "seen": meme_id in train_memes if train_memes is not None else None,
         }
-        if release.features is not None:
-            row["feature"] = release.features[meme_id]
+        if release.features:
+            row["feature"] = release.features.get(meme_id)
         rows.append(row)
     return rows
 

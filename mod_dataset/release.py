@@ -239,19 +239,18 @@ def image_problem(path: Path) -> str | None:
 
 def read_features(release: Release) -> None:
     """`id2feature.json`, when the release has it: one vector of numbers per meme, all of one length. A meme whose
-    vector is missing or malformed is reported and left unusable, like a meme whose image is broken."""
+    vector is malformed is reported and left unusable, like a meme whose image is broken; a meme without a vector
+    keeps `feature` None (training on the release's features then names it)."""
     content = load_json(release, "id2feature.json", required=False)
     if content is None:
         return
     if not release.expect("id2feature.json", "", "the file (meme id -> feature vector)", content, dict):
         return
-    vectors = {meme: content.get(meme) for meme in release.meme_files}
+    vectors = {meme: content[meme] for meme in release.meme_files if meme in content}
     sizes = Counter(len(v) for v in vectors.values() if is_vector(v))
     size = sizes.most_common(1)[0][0] if sizes else None
     for meme, vector in vectors.items():
-        if vector is None:
-            problem = "no feature vector"
-        elif not is_vector(vector):
+        if not is_vector(vector):
             problem = f"the feature must be a non-empty list of numbers that a float32 holds (got {describe(vector)})"
         elif len(vector) != size:
             problem = f"the feature has {len(vector)} numbers, the other memes' {size}"
@@ -259,7 +258,7 @@ def read_features(release: Release) -> None:
             continue
         release.problem("id2feature.json", f"meme {meme!r}", problem)
         del release.meme_files[meme]
-    release.features = {meme: [float(x) for x in content[meme]] for meme in release.meme_files}
+    release.features = {meme: [float(x) for x in content[meme]] for meme in release.meme_files if meme in content}
 
 
 def is_vector(value: Any) -> bool:
