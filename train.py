@@ -1290,9 +1290,6 @@ def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def train(args: TrainArguments) -> dict[str, float]:
     output_dir = Path(args.output_dir)
-    resume_from = None
-    if args.resume_from_checkpoint:
-        resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir, args.skip_corrupt_checkpoints)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -1303,6 +1300,9 @@ def train(args: TrainArguments) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.ERROR)
     datasets.disable_progress_bars()
+    resume_from = None
+    if args.resume_from_checkpoint:
+        resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir, args.skip_corrupt_checkpoints)
     set_seed(args.seed)
 
     dialogues, memes = load_splits(args.dataset)
