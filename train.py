@@ -383,7 +383,7 @@ def check_output_dir(args: TrainArguments) -> None:
 
 def resumes_inside(args: TrainArguments, output_dir: Path) -> bool:
     checkpoint = args.resume_from_checkpoint
-    return checkpoint == "latest" or (checkpoint is not None and Path(checkpoint).resolve().parent == output_dir)
+    return checkpoint == "latest" or (checkpoint is not None and Path(checkpoint).parent.resolve() == output_dir)
 
 
 def is_training_run(folder: Path) -> bool:
