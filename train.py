@@ -255,8 +255,11 @@ def file_arguments(path: Path) -> list[str]:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ArgumentError(f"{path}: unknown argument {key!r}{hint}.")
-    as_text = {True: "true", False: "false"}
-    return [f"--{key}={as_text.get(value, value)}" for key, value in values.items() if value is not None]
+    return [
+        f"--{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in values.items()
+        if value is not None
+    ]
 
 
 def check_arguments(args: TrainArguments) -> None:
@@ -278,31 +281,24 @@ def check_arguments(args: TrainArguments) -> None:
     check_output_dir(args)
 
 
+COUNTS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "logging_steps",
+    "max_length",
+    "vocab_size",
+    "max_nonfinite_steps",
+)
+NON_NEGATIVE = ("eval_steps", "save_steps", "warmup_steps", "learning_rate", "weight_decay")
+POSITIVE = ("num_train_epochs", "max_grad_norm", "meme_loss_temperature")
+
+
 def check_numbers(args: TrainArguments) -> None:
     rules = [
-        (
-            (
-                "per_device_train_batch_size",
-                "per_device_eval_batch_size",
-                "gradient_accumulation_steps",
-                "logging_steps",
-                "max_length",
-                "vocab_size",
-                "max_nonfinite_steps",
-            ),
-            lambda value: value >= 1,
-            "at least 1",
-        ),
-        (
-            ("eval_steps", "save_steps", "warmup_steps", "learning_rate", "weight_decay"),
-            lambda value: 0 <= value < math.inf,
-            "a finite number >= 0",
-        ),
-        (
-            ("num_train_epochs", "max_grad_norm", "meme_loss_temperature"),
-            lambda value: 0 < value < math.inf,
-            "a finite number > 0",
-        ),
+        (COUNTS, lambda value: value >= 1, "at least 1"),
+        (NON_NEGATIVE, lambda value: 0 <= value < math.inf, "a finite number >= 0"),
+        (POSITIVE, lambda value: 0 < value < math.inf, "a finite number > 0"),
     ]
     for names, valid, requirement in rules:
         for name in names:
@@ -389,7 +385,7 @@ def check_output_dir(args: TrainArguments) -> None:
 
 def resumes_inside(args: TrainArguments, output_dir: Path) -> bool:
     checkpoint = args.resume_from_checkpoint
-    return checkpoint == "latest" or (checkpoint is not None and Path(checkpoint).resolve().parent == output_dir)
+    return checkpoint == "latest" or (checkpoint is not None and Path(checkpoint).parent.resolve() == output_dir)
 
 
 def is_training_run(folder: Path) -> bool:
@@ -417,7 +413,15 @@ def start_run_folder(output_dir: Path, args: TrainArguments, resumed_step: int |
     metrics_file = output_dir / "metrics.jsonl"
     if resumed_step is not None and metrics_file.exists():
         lines = metrics_file.read_text().splitlines(keepends=True)
-        metrics_file.write_text("".join(line for line in lines if json.loads(line)["step"] <= resumed_step))
+        metrics_file.write_text("".join(line for line in lines if logged_step(line) <= resumed_step))
+
+
+def logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line cut short (by a run that was killed)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def remove_path(path: Path) -> None:
@@ -539,6 +543,18 @@ class DialogueCollator:
         if "example_index" in encodings[0]:
             batch["example_index"] = torch.tensor([encoding["example_index"] for encoding in encodings])
         return {key: value for key, value in batch.items() if value is not None}
+
+
+def validation_loader(encodings: list[dict], collator: DialogueCollator, args: TrainArguments, processes: int):
+    """Validation batches in a fixed order. Prepared, each process takes its share of every batch."""
+    sampler = LengthGroupedBatches(
+        [len(e["input_ids"]) for e in encodings],
+        args.per_device_eval_batch_size * processes,
+        0,
+        shuffle=False,
+        drop_last=False,  # accelerate reads it too, and must not drop the last batch
+    )
+    return DataLoader(encodings, batch_sampler=sampler, collate_fn=collator)
 
 
 def check_training_batches(examples: int, dialogues: int, batches: int, args: TrainArguments, processes: int) -> None:
@@ -939,6 +955,16 @@ def resolve_checkpoint(value: str, output_dir: Path, skip_damaged: bool = False)
     return checkpoint
 
 
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any]:
+    """Load a checkpoint into the prepared model, optimizer, scheduler and RNGs; return its loop state."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - whatever the checkpoint's files hold that does not fit this run
+        raise ArgumentError(f"cannot resume from {checkpoint}: {type(error).__name__}: {error}") from error
+    logger.info("Resumed from %s", checkpoint)
+    return {key: value for key, value in read_checkpoint_marker(checkpoint).items() if key != "files"}
+
+
 class HubUploader:
     """Uploads folders to the hub in a background thread, retrying failures; never deletes anything."""
 
@@ -1228,8 +1254,10 @@ class LossWindow:
 
     def __init__(self, accelerator: Accelerator, carried: list[float]):
         self.accelerator = accelerator
-        self.losses = [torch.tensor(value, device=accelerator.device) for value in carried]
-        self.skipped, self.steps, self.started = 0, 0, time.perf_counter()
+        self.reset([torch.tensor(value, device=accelerator.device) for value in carried])
+
+    def reset(self, losses: list[torch.Tensor]) -> None:
+        self.losses, self.skipped, self.steps, self.started = losses, 0, 0, time.perf_counter()
 
     def add(self, losses: list[torch.Tensor], updated: bool) -> None:
         """One step's micro-batch losses; a skipped step (not finite) adds none."""
@@ -1253,7 +1281,7 @@ class LossWindow:
         }
         if self.skipped:
             values["nonfinite_steps"] = self.skipped
-        self.__init__(self.accelerator, [])
+        self.reset([])
         return values
 
 
@@ -1264,9 +1292,6 @@ def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def train(args: TrainArguments) -> dict[str, float]:
     output_dir = Path(args.output_dir)
-    resume_from = None
-    if args.resume_from_checkpoint:
-        resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir, args.skip_corrupt_checkpoints)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -1277,6 +1302,9 @@ def train(args: TrainArguments) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.ERROR)
     datasets.disable_progress_bars()
+    resume_from = None
+    if args.resume_from_checkpoint:
+        resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir, args.skip_corrupt_checkpoints)
     set_seed(args.seed)
 
     dialogues, memes = load_splits(args.dataset)
@@ -1306,14 +1334,7 @@ def train(args: TrainArguments) -> dict[str, float]:
     images = dict(zip(memes["meme_id"], memes["image"])) if args.train_meme_encoder else None
     collator = DialogueCollator(processor, model.meme_bank_ids, model.meme_bank_features.clone(), images)
     train_loader = DataLoader(train_encodings, batch_sampler=sampler, collate_fn=collator)
-    eval_sampler = LengthGroupedBatches(
-        [len(e["input_ids"]) for e in eval_encodings],
-        args.per_device_eval_batch_size * accelerator.num_processes,
-        0,
-        shuffle=False,
-        drop_last=False,  # accelerate reads it too: it must not drop the last validation batch
-    )
-    eval_loader = DataLoader(eval_encodings, batch_sampler=eval_sampler, collate_fn=collator)
+    eval_loader = validation_loader(eval_encodings, collator, args, accelerator.num_processes)
     negatives = retrieval_negatives(eval_encodings, len(model.meme_bank_ids), args.seed)
 
     steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
@@ -1330,12 +1351,7 @@ def train(args: TrainArguments) -> dict[str, float]:
     checkpoints = CheckpointManager(accelerator, output_dir, args.save_total_limit, uploader)
     state = {"global_step": 0, "best_eval_loss": None, "best_step": None, "eval_step": None, "nonfinite_steps": 0}
     if resume_from is not None:
-        try:
-            accelerator.load_state(str(resume_from))
-        except Exception as error:  # noqa: BLE001 - whatever the checkpoint's files hold that does not fit this run
-            raise ArgumentError(f"cannot resume from {resume_from}: {type(error).__name__}: {error}") from error
-        state.update({k: v for k, v in read_checkpoint_marker(resume_from).items() if k != "files"})
-        logger.info("Resumed from %s at step %d", resume_from, state["global_step"])
+        state.update(load_checkpoint(accelerator, resume_from))
     window = LossWindow(accelerator, state.pop("loss_window", []))
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written there
     if accelerator.is_main_process:
@@ -1355,7 +1371,8 @@ def train(args: TrainArguments) -> dict[str, float]:
         log(metrics)
         logger.info("step %d: %s", state["global_step"], {k: round(v, 4) for k, v in metrics.items()})
         state["eval_step"], state["eval_metrics"] = state["global_step"], metrics
-        if math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] < (state["best_eval_loss"] or math.inf):
+        best = math.inf if state["best_eval_loss"] is None else state["best_eval_loss"]
+        if math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] < best:
             state.update(best_eval_loss=metrics["eval_loss"], best_step=state["global_step"])
             save_final(accelerator, model, processor, output_dir / "best_model", args, metrics)
         return metrics

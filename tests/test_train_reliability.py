@@ -37,18 +37,22 @@ SMALL_WITH_DROPOUT = {
     "head_hidden_size": 32,
     "text_config": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512},
 }
-RUN_FILES = ("metrics.jsonl", train.RUN_MARKER)
+RUN_FILES = ("metrics.jsonl", "training_run.json")
 
 
 def run_train(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run_script("train.py", *args, **kwargs)
 
 
+class Hung(BaseException):
+    """Raised in a run that went on too long (not an `Exception`: library code that suppresses those must not)."""
+
+
 def run_main(capsys, *argv: str, timeout: int = 120) -> tuple[int, str]:
     """`train.main` in this process (no interpreter start-up), its exit status and stderr; a hang fails the test."""
 
     def hang(signum, frame):
-        raise TimeoutError(f"train.py {' '.join(argv)} still runs after {timeout} s")
+        raise Hung(f"train.py {' '.join(argv)} still runs after {timeout} s")
 
     previous = signal.signal(signal.SIGALRM, hang)
     signal.alarm(timeout)
@@ -144,14 +148,14 @@ def test_overwriting_never_deletes_a_folder_that_is_not_a_run(capsys, sample_dat
     shutil.copytree(sample_dataset, other_dataset)
     before = snapshot(other_dataset)
     stderr = refusal(capsys, sample_dataset, other_dataset, "--max_steps", "1", "--overwrite_output_dir")
-    assert f"has no {train.RUN_MARKER}" in stderr and "README.md" in stderr
+    assert "has no training_run.json" in stderr and "README.md" in stderr
     assert snapshot(other_dataset) == before
 
 
 def test_overwriting_never_deletes_the_inputs_of_the_run(capsys, sample_dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / train.RUN_MARKER).write_text(json.dumps({"arguments": {}}))
+    (run / "training_run.json").write_text(json.dumps({"arguments": {}}))
     shutil.copytree(sample_dataset, run / "data")
     before = snapshot(run)
     stderr = refusal(capsys, run / "data", run, "--max_steps", "1", "--overwrite_output_dir")
@@ -182,7 +186,7 @@ def diverging(baseline, run_args, tmp_path_factory) -> tuple[Path, subprocess.Co
 def test_overwriting_an_earlier_run_leaves_nothing_of_it(diverging, baseline):
     output_dir, result = diverging
     assert result.returncode == 1, result.stderr[-3000:]
-    marker = json.loads((output_dir / train.RUN_MARKER).read_text())
+    marker = json.loads((output_dir / "training_run.json").read_text())
     assert marker["arguments"]["learning_rate"] == 1e6
     steps = [train.checkpoint_step(checkpoint) for checkpoint in train.complete_checkpoints(output_dir)]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 8  # its own checkpoints, none of the old run's
@@ -290,10 +294,11 @@ def test_an_arguments_file_is_typed_like_the_command_line_and_overridable(sample
     arguments = tmp_path / "args.yaml"
     arguments.write_text(
         f"dataset: {sample_dataset}\noutput_dir: {tmp_path / 'out'}\nmax_steps: 5\npush_to_hub: false\n"
-        "per_device_train_batch_size: '4'\nhub_model_id: null\n"
+        "per_device_train_batch_size: '4'\nhub_model_id: null\nlogging_steps: 1\nlearning_rate: 1.0e-3\n"
     )
     args = train.parse_arguments([str(arguments), "--max_steps", "7"])
     assert (args.max_steps, args.per_device_train_batch_size, args.push_to_hub) == (7, 4, False)
+    assert (args.logging_steps, args.learning_rate, args.hub_model_id) == (1, 1e-3, None)
     arguments.write_text(f"dataset: {sample_dataset}\noutput_dir: out\nper_device_train_batch_size: eight\n")
     with pytest.raises(train.ArgumentError, match="--per_device_train_batch_size.*: invalid int value: 'eight'"):
         train.parse_arguments([str(arguments)])
@@ -321,21 +326,69 @@ def test_max_length_beyond_the_decoder_is_refused(capsys, sample_dataset, tmp_pa
     assert status == 2 and "--max_length 600 is more than the 512 positions" in stderr
 
 
-# Exact resume -----------------------------------------------------------------------------------------------------
+# Exact resume and SIGTERM ----------------------------------------------------------------------------------------
 
 
-def test_resuming_mid_epoch_ends_bitwise_where_the_uninterrupted_run_ends(baseline, run_args, tmp_path):
-    """checkpoint-16 lies 16 steps into a 20-step epoch; the resumed run goes on across the epoch's end."""
-    resumed = tmp_path / "run"
-    resumed.mkdir()
-    shutil.copytree(baseline / "checkpoint-16", resumed / "checkpoint-16")
-    (resumed / "checkpoint-24").mkdir()  # a checkpoint that never finished saving: 'latest' passes it over
-    (resumed / "checkpoint-24" / "model.safetensors").write_bytes(b"truncated")
-    result = run_train(*run_args, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(resumed / "model.safetensors", baseline / "model.safetensors")
-    # The loss logged at step 18 averages steps 16 to 18, across the checkpoint.
-    assert records(resumed) == [record for record in records(baseline) if record["step"] > 16]
+def run_until_first_log_then_sigterm(args: list[str], output_dir: Path, log: Path) -> int:
+    """Start a run, send it SIGTERM once it logs its first step, and return its exit status."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "train.py"), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=environment,
+            cwd=REPO_ROOT,
+        )
+        deadline = time.monotonic() + 300
+        while not (output_dir / "metrics.jsonl").exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def resumed(baseline, run_args, tmp_path_factory) -> SimpleNamespace:
+    """
+    The baseline run resumed from checkpoint-16, 16 steps into a 20-step epoch (beside a checkpoint-24 that never
+    finished saving), stopped by SIGTERM once it logs step 18, then resumed from what it saved, across the epoch's
+    end, to step 24.
+    """
+    folder = tmp_path_factory.mktemp("resumed")
+    output_dir = folder / "run"
+    output_dir.mkdir()
+    shutil.copytree(baseline / "checkpoint-16", output_dir / "checkpoint-16")
+    (output_dir / "checkpoint-24").mkdir()
+    (output_dir / "checkpoint-24" / "model.safetensors").write_bytes(b"truncated")
+    resume = [*run_args, "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
+    status = run_until_first_log_then_sigterm(resume, output_dir, folder / "stderr.txt")
+    stopped = train.complete_checkpoints(output_dir)[-1]
+    final_model_after_stop = (output_dir / "config.json").exists()
+    result = run_train(*resume)
+    return SimpleNamespace(
+        output_dir=output_dir,
+        sigterm_status=status,
+        sigterm_stderr=(folder / "stderr.txt").read_text(),
+        stopped=stopped,
+        final_model_after_stop=final_model_after_stop,
+        result=result,
+    )
+
+
+def test_resuming_mid_epoch_ends_bitwise_where_the_uninterrupted_run_ends(resumed, baseline):
+    assert resumed.result.returncode == 0, resumed.result.stderr[-3000:]
+    assert_same_weights(resumed.output_dir / "model.safetensors", baseline / "model.safetensors")
+    # Each loss logged averages the steps since the last log line, across checkpoints.
+    assert records(resumed.output_dir) == [record for record in records(baseline) if record["step"] > 16]
+
+
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(resumed):
+    assert resumed.sigterm_status == 143, resumed.sigterm_stderr[-3000:]
+    step = train.checkpoint_step(resumed.stopped)
+    assert 18 <= step < 24 and not resumed.final_model_after_stop
+    assert f"train.py: stopped by SIGTERM after step {step}; saved {resumed.stopped}" in resumed.sigterm_stderr
+    assert "--resume_from_checkpoint latest" in resumed.sigterm_stderr
 
 
 # Damaged checkpoints ----------------------------------------------------------------------------------------------
@@ -359,30 +412,6 @@ def test_a_damaged_latest_checkpoint_is_named_and_passed_over_on_request(
     with caplog.at_level(logging.WARNING, logger="train"):
         assert train.resolve_checkpoint("latest", run, skip_damaged=True) == run / "checkpoint-16"
     assert str(damaged) in caplog.text
-
-
-# SIGTERM ----------------------------------------------------------------------------------------------------------
-
-
-def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_end(baseline, run_args, tmp_path):
-    output_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, str(REPO_ROOT / "train.py"), *run_args, "--output_dir", str(output_dir)]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=environment, cwd=REPO_ROOT)
-        deadline = time.monotonic() + 300
-        while not (output_dir / "metrics.jsonl").exists():  # its first logged step
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=300) == 143, log.read_text()[-3000:]
-    stopped = train.complete_checkpoints(output_dir)[-1]
-    assert f"stopped by SIGTERM after step {train.checkpoint_step(stopped)}; saved {stopped}" in log.read_text()
-    assert train.checkpoint_step(stopped) < 24 and not (output_dir / "config.json").exists()
-
-    result = run_train(*run_args, "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(output_dir / "model.safetensors", baseline / "model.safetensors")
 
 
 # Interrupted model saves ----------------------------------------------------------------------------------------
