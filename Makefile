@@ -5,11 +5,11 @@ DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test test-fast demo lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml .ci/constraints.txt
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[test]"
@@ -19,6 +19,10 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The tests that start no subprocess (no training run, torchrun or browser): a minute or two.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Build the embedded sample, train a tiny model on it (CPU, a few minutes), evaluate it on both test splits,
 # and chat with it.

@@ -6,7 +6,7 @@
 By default every test split of the dataset is evaluated (the validation split when it has none). Text replies are
 sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed seed, in padded batches through
 `generate` with its KV cache. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
-results also keep their sentence-averaged BLEU and sacrebleu's figures (see metrics/mod_text). A split without gold
+results also keep their sentence-averaged BLEU and sacrebleu's figures (see mod_metrics/mod_text). A split without gold
 answers (the challenge's test release) is not scored: with --write-submission its predictions are written in the
 release's layout, ready to submit, under the release's file names (`c_` for a Chinese dataset, `e_` for English, from
 the dataset card's `language`).
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from huggingface_hub import DatasetCard
 from tqdm.auto import tqdm
 
-from metrics import load_metric
 from mod_dataset import expected_counts
 from mod_dataset.release import TASK_SPLITS
+from mod_metrics import load_metric
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
 from pipeline_mod import load_mod_gpt, load_mod_gpt_config
 

@@ -1,6 +1,6 @@
 """Build the MOD dataset (DSTC10 Track 1) as a standard hub dataset: Parquet files and a dataset card.
 
-    python -m mod_dataset build RAW_DIR OUT_DIR [--language zh|en] [--skip-invalid] [--push-to-hub REPO_ID]
+    python -m mod_dataset build RAW_DIR OUT_DIR [--language zh|en] [--skip_invalid] [--push_to_hub REPO_ID]
     python -m mod_dataset stats OUT_DIR
     python -m mod_dataset make-sample DIR
 

@@ -39,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("raw_dir")
     build.add_argument("out_dir")
     build.add_argument("--language", choices=["zh", "en"], default="zh")
-    build.add_argument("--skip-invalid", action="store_true", help="leave bad rows out instead of failing")
-    build.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the built folder as a dataset repo")
+    build.add_argument(
+        "--skip_invalid", "--skip-invalid", action="store_true", help="leave bad rows out instead of failing"
+    )
+    build.add_argument(
+        "--push_to_hub", "--push-to-hub", metavar="REPO_ID", help="upload the built folder as a dataset repo"
+    )
     stats = commands.add_parser("stats", help="print the statistics of a built dataset")
     stats.add_argument("out_dir")
     sample = commands.add_parser("make-sample", help="write the synthetic sample release")

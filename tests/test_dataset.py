@@ -1141,7 +1141,7 @@ def test_push_to_hub_creates_a_dataset_repo_and_uploads_the_built_folder(sample_
 
 
 def test_cli_push_to_hub_uploads_what_it_built(tmp_path, hub, capsys):
-    assert main(["build", str(SAMPLE_DIR), str(tmp_path / "out"), "--push-to-hub", "someone/mod"]) == 0
+    assert main(["build", str(SAMPLE_DIR), str(tmp_path / "out"), "--push_to_hub", "someone/mod"]) == 0
     assert hub[1][2]["folder_path"] == str(tmp_path / "out") and hub[1][2]["repo_type"] == "dataset"
     assert "uploaded: https://huggingface.co/datasets/someone/mod/commit/0123" in capsys.readouterr().out
 

@@ -16,9 +16,9 @@ from conftest import DIALOGUES, run_script
 from test_inference import marked_copy
 
 import evaluate_mod
-from metrics import load_metric
 from mod_dataset import SAMPLE_DIR
 from mod_dataset.release import TASK_SPLITS
+from mod_metrics import load_metric
 
 TABLE_TITLES = ("Table 4: text response", "Table 5: meme retrieval", "Meme usage", "Table 7: emotion")
 TEXT_SCORES = [

@@ -1,4 +1,4 @@
-"""The evaluate modules in metrics/, loaded by local path, on hand-computed cases."""
+"""The evaluate modules in mod_metrics/, loaded by local path, on hand-computed cases."""
 
 import math
 
@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 from nltk.util import ngrams
 
-from metrics import NAMES, load_metric
+from mod_metrics import NAMES, load_metric
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def text():
 def test_every_metric_loads_from_its_local_folder():
     for name in NAMES:
         module = load_metric(name)
-        assert module.name == name and (REPO_ROOT / "metrics" / name / "README.md").exists()
+        assert module.name == name and (REPO_ROOT / "mod_metrics" / name / "README.md").exists()
     with pytest.raises(ValueError, match="Unknown metric 'bleu'"):
         load_metric("bleu")
 

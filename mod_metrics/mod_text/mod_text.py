@@ -37,7 +37,7 @@ Returns:
     `bleu-1`..`bleu-4` (official corpus BLEU), `sentence-bleu-1`..`sentence-bleu-4` (official sentence average),
     `sacrebleu-2`, `sacrebleu-4`, `dist-1`..`dist-4`, all in %, and `perplexity` when `nll_sums` are given.
 Examples:
-    >>> metric = evaluate.load("metrics/mod_text")
+    >>> metric = evaluate.load("mod_metrics/mod_text")
     >>> metric.compute(predictions=["今天天气很好"], references=["今天天气不错"])["dist-1"]
     100.0
 """

@@ -22,7 +22,7 @@ Args:
 Returns:
     `{prefix}@k` for each k and `MAP`, as fractions in [0, 1]; with groups, also `{group: {...}}`.
 Examples:
-    >>> metric = evaluate.load("metrics/mod_retrieval")
+    >>> metric = evaluate.load("mod_metrics/mod_retrieval")
     >>> metric.compute(predictions=[["b", "a"], ["a", "b"]], references=["a", "a"], ks=[1])
     {'R10@1': 0.5, 'MAP': 0.75}
 """

@@ -1,6 +1,6 @@
 """The paper's metrics as `evaluate` modules kept in this repository and loaded by local path, never from the hub.
 
-from metrics import load_metric
+from mod_metrics import load_metric
 load_metric("mod_text").compute(predictions=[...], references=[...])
 """
 

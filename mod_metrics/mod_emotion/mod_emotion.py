@@ -17,7 +17,7 @@ Args:
 Returns:
     `accuracy@k` for each k, fractions in [0, 1].
 Examples:
-    >>> metric = evaluate.load("metrics/mod_emotion")
+    >>> metric = evaluate.load("mod_metrics/mod_emotion")
     >>> metric.compute(predictions=[[3, 1], [0, 2]], references=[1, 1], ks=[1, 2])
     {'accuracy@1': 0.0, 'accuracy@2': 0.5}
 """

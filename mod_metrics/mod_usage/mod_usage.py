@@ -16,7 +16,7 @@ Args:
 Returns:
     `accuracy`, `precision`, `recall`, `f1`, fractions in [0, 1], and `count`, the number of decisions scored.
 Examples:
-    >>> metric = evaluate.load("metrics/mod_usage")
+    >>> metric = evaluate.load("mod_metrics/mod_usage")
     >>> metric.compute(predictions=[1, 0, 1, 0], references=[1, 1, 0, 0])
     {'accuracy': 0.5, 'precision': 0.5, 'recall': 0.5, 'f1': 0.5, 'count': 4}
 """
