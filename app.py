@@ -257,8 +257,7 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                     reset_button = gr.Button("New dialogue", size="sm", scale=0, elem_id="reset")
                 ranked = gr.Gallery(
                     label="Memes the model ranked for its last reply (score: higher ranks first)",
-                    columns=8,
-                    height=170,
+                    columns=6,
                     allow_preview=False,
                     elem_id="ranked",
                 )
@@ -266,7 +265,7 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                 gallery = gr.Gallery(
                     gallery_items(bank_files),
                     label="Memes: click one to send it",
-                    columns=5,
+                    columns=4,
                     height=300,
                     allow_preview=False,
                     elem_id="memes",

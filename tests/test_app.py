@@ -14,7 +14,7 @@ import datasets
 import pytest
 import torch
 from conftest import DIALOGUES, REPO_ROOT, run_script, tiny_config
-from PIL import Image
+from PIL import Image, ImageDraw
 from playwright.sync_api import expect, sync_playwright
 
 import app
@@ -23,13 +23,6 @@ from pipeline_mod import MemeDialoguePipeline
 
 SCREENSHOT = os.environ.get("MOD_APP_SCREENSHOT")  # e.g. docs/app.png: where to save a screenshot of the chat
 MEMES_LISTED = 4
-
-
-def find_chromium() -> str | None:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def test_ask_model_offers_the_chats_memes_without_keeping_them(model, processor):
@@ -61,8 +54,7 @@ def test_app_refuses_a_missing_folder_before_loading(missing, tmp_path):
     assert "Loading weights" not in result.stderr + result.stdout
 
 
-@pytest.fixture(scope="module")
-def always_meme_model(processor, sample_dataset, tmp_path_factory) -> Path:
+def always_meme_model(processor, sample_dataset: Path, folder: Path) -> Path:
     """
     A tiny saved MOD-GPT whose usage head always attaches a meme; its bank holds the sample's seen memes, so the app
     adds the unseen ones from the dataset.
@@ -74,9 +66,22 @@ def always_meme_model(processor, sample_dataset, tmp_path_factory) -> Path:
     with torch.no_grad():
         model.usage_head.out_proj.weight.zero_()
         model.usage_head.out_proj.bias.copy_(torch.tensor([-10.0, 10.0]))
-    folder = tmp_path_factory.mktemp("app") / "model"
     MemeDialoguePipeline(model=model, processor=processor).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def app_folders(request, tmp_path_factory) -> tuple[str, str]:
+    """
+    The model and dataset the page runs on: the folders named by MOD_APP_MODEL and MOD_APP_DATASET (the README's
+    screenshot uses the `make demo` output), else a tiny model that always attaches a meme and the built sample.
+    """
+    dataset = os.environ.get("MOD_APP_DATASET") or str(request.getfixturevalue("sample_dataset"))
+    model = os.environ.get("MOD_APP_MODEL")
+    if model is None:
+        processor, sample_dataset = request.getfixturevalue("processor"), request.getfixturevalue("sample_dataset")
+        model = str(always_meme_model(processor, sample_dataset, tmp_path_factory.mktemp("app") / "model"))
+    return model, dataset
 
 
 def free_port() -> int:
@@ -100,10 +105,20 @@ def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: f
 
 
 @pytest.fixture(scope="module")
-def app_url(always_meme_model, sample_dataset, tmp_path_factory):
+def chromium() -> str:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip(
+        "no Chromium to drive: /usr/bin/chromium is missing and none is on PATH (Debian: apt-get install chromium)"
+    )
+
+
+@pytest.fixture(scope="module")
+def app_url(app_folders, tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("app-log") / "app.log"
-    command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", str(always_meme_model)]
-    command += ["--dataset", str(sample_dataset), "--port", str(port)]
+    model, dataset = app_folders
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", model, "--dataset", dataset, "--port", str(port)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "0"}
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
@@ -116,14 +131,10 @@ def app_url(always_meme_model, sample_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser_page(app_url):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Chromium not found (/usr/bin/chromium, or chromium on PATH): install Debian's chromium package")
-
+def browser_page(chromium, app_url):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium)
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         yield page
         browser.close()
@@ -149,11 +160,19 @@ def assert_loads_as_image(page, source: str) -> None:
     assert Image.open(io.BytesIO(response.body())).size[0] > 0
 
 
+def add_meme(page, path: Path) -> None:
+    """Upload the image at `path` as a new meme of this chat."""
+    page.get_by_text("Add a meme of your own").click()
+    page.locator("#upload input[type=file]").set_input_files(path)
+    page.locator("#add-meme").click()
+
+
 @pytest.mark.slow
-def test_chat_in_browser(browser_page, sample_dataset, tmp_path):
+def test_chat_in_browser(browser_page, app_folders, tmp_path):
     page = browser_page
-    memes = next(iter(datasets.load_dataset(str(sample_dataset), "memes").values()))
-    expect(page.locator("#memes .thumbnail-item")).to_have_count(len(memes))  # seen memes and unseen ones
+    memes = next(iter(datasets.load_dataset(app_folders[1], "memes").values()))
+    gallery = page.locator("#memes .thumbnail-item")
+    expect(gallery).to_have_count(len(memes))  # the model's bank and the dataset's unseen memes
 
     page.locator("#send").click()  # nothing to send: a message, and the chat goes on
     page.get_by_text("Type a message or pick a meme to send.").wait_for()
@@ -163,36 +182,32 @@ def test_chat_in_browser(browser_page, sample_dataset, tmp_path):
     listed.press("Enter")
     send(page, text="今天考试考砸了")
     send(page, meme_index=3)
+    sticker = Image.new("RGB", (64, 64), "gold")
+    ImageDraw.Draw(sticker).ellipse((8, 8, 56, 56), fill="white", outline="black", width=3)
+    sticker.save(tmp_path / "mine.png")
+    add_meme(page, tmp_path / "mine.png")
+    page.locator("#upload-note", has_text="new-1").wait_for()
+    expect(gallery).to_have_count(len(memes) + 1)
+    send(page, text="哈哈", meme_index=len(memes))
 
-    user_images = page.locator("#dialogue .user-row").nth(1).locator("img")
-    assert user_images.count() == 1
-    assert_loads_as_image(page, user_images.first.get_attribute("src"))
+    sent = page.locator("#dialogue .user-row")
+    expect(sent).to_have_count(3)
+    assert "meme new-1" in sent.nth(2).inner_text()
+    for index in (1, 2):
+        assert_loads_as_image(page, sent.nth(index).locator("img").first.get_attribute("src"))
     replies = page.locator("#dialogue .bot-row")
-    expect(replies).to_have_count(2)
-    for index in range(replies.count()):  # the test model attaches a meme to every reply
-        reply = replies.nth(index)
-        assert "meme " in reply.inner_text()
-        assert reply.locator("img").count() == 1
-        assert_loads_as_image(page, reply.locator("img").first.get_attribute("src"))
-
+    expect(replies).to_have_count(3)
+    with_meme = [reply for reply in replies.all() if "meme " in reply.inner_text()]
+    assert with_meme, "no reply with a meme"  # the test model attaches one to every reply
+    for reply in with_meme:
+        expect(reply.locator("img")).to_have_count(1)
+        assert_loads_as_image(page, reply.locator("img").get_attribute("src"))
     expect(page.locator("#ranked .thumbnail-item")).to_have_count(MEMES_LISTED)
     ranked = [item.inner_text().strip() for item in page.locator("#ranked .thumbnail-item").all()]
     scores = [float(caption.split("·")[1]) for caption in ranked]
     assert scores == sorted(scores, reverse=True)
     if SCREENSHOT:
         page.screenshot(path=SCREENSHOT)
-
-    # A new meme from a file: in this chat's gallery, sent, and shown in the dialogue.
-    Image.new("RGB", (64, 64), "purple").save(tmp_path / "mine.png")
-    page.get_by_text("Add a meme of your own").click()
-    page.locator("#upload input[type=file]").set_input_files(tmp_path / "mine.png")
-    page.locator("#add-meme").click()
-    page.locator("#upload-note", has_text="new-1").wait_for()
-    expect(page.locator("#memes .thumbnail-item")).to_have_count(len(memes) + 1)
-    send(page, meme_index=len(memes))
-    sent = page.locator("#dialogue .user-row").last
-    assert "meme new-1" in sent.inner_text()
-    assert_loads_as_image(page, sent.locator("img").first.get_attribute("src"))
 
     page.locator("#reset").click()
     expect(replies).to_have_count(0)
