@@ -5,7 +5,7 @@ DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo app lint bench clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ demo: install
 		--output $(DEMO_DIR)/results.json --write-submission $(DEMO_DIR)/submission
 	printf '%s\n' '今天考试考砸了' '太好了，我们去吃火锅吧' '#000' '/quit' | \
 		$(BIN)/python chat.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
+
+# The web chat on the `make demo` output, at http://127.0.0.1:7860 (`--port`, `--host` in app.py).
+app: install
+	$(BIN)/python app.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
 
 bench: install
 	$(BIN)/python -m benchmarks --size base --output BENCHMARKS.json
