@@ -12,17 +12,19 @@ temperature) and how many ranked memes are listed with their scores.
 """
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import gradio as gr
+import torch
 from PIL import Image
 
 from pipeline_mod import HUB_PREFIX, MemeDialoguePipeline, load_mod_gpt, load_mod_gpt_config
@@ -87,7 +89,8 @@ def memes_added_for_one_call(pipe: MemeDialoguePipeline, images: Mapping[str, Im
 def check_meme_image(pipe: MemeDialoguePipeline, image: Image.Image) -> None:
     """Encode `image` as a meme once, so that a model or image that cannot do it fails at upload."""
     pixel_values = pipe.processor.image_processor([image])["pixel_values"]
-    pipe.model.get_meme_features(pixel_values.to(pipe.model.device))
+    with torch.no_grad():
+        pipe.model.get_meme_features(pixel_values.to(pipe.model.device))
 
 
 # Loading ------------------------------------------------------------------------------------------------------------
@@ -189,6 +192,11 @@ def ranked_items(reply: Reply, meme_files: Mapping[str, str]) -> list[tuple[str,
     return [(meme_files[meme], f"{meme} · {score:.3f}") for meme, score in reply.ranked_memes]
 
 
+def new_meme_id(taken: Collection[str]) -> str:
+    """The first id `new-1`, `new-2`, ... not in `taken`."""
+    return next(meme for meme in (f"{UPLOAD_PREFIX}{n}" for n in itertools.count(1)) if meme not in taken)
+
+
 def selection_note(meme: str | None) -> str:
     return f"Meme to send: **{meme}**" if meme else "No meme picked: click one in the gallery to send it."
 
@@ -234,7 +242,7 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                 check_meme_image(pipe, image.convert("RGB"))
         except (OSError, ValueError) as error:
             return refused(f"This image cannot be used as a meme: {error}", len(after_add))
-        meme = f"{UPLOAD_PREFIX}{len(uploads) + 1}"
+        meme = new_meme_id(chat_files(uploads))
         uploads = {**uploads, meme: image_path}
         note = f"Added meme **{meme}** to this chat: the model can reply with it, and you can send it."
         return uploads, gallery_items(chat_files(uploads)), None, note
@@ -247,7 +255,7 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
         dialogue, uploads, picked = gr.State([]), gr.State({}), gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Dialogue", height=460, elem_id="dialogue")
+                chatbot = gr.Chatbot(label="Dialogue", height=540, elem_id="dialogue")
                 with gr.Row():
                     textbox = gr.Textbox(placeholder="Type a message", show_label=False, scale=4, elem_id="message")
                     send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
@@ -257,7 +265,8 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                     reset_button = gr.Button("New dialogue", size="sm", scale=0, elem_id="reset")
                 ranked = gr.Gallery(
                     label="Memes the model ranked for its last reply (score: higher ranks first)",
-                    columns=6,
+                    columns=5,
+                    height=190,
                     allow_preview=False,
                     elem_id="ranked",
                 )
