@@ -2,6 +2,7 @@
 
 import functools
 import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, takewhile
 from typing import Any, NamedTuple
@@ -31,6 +32,9 @@ LABEL_TURNS = ("all", "last", "none")
 LABEL_KEYS = ("labels", "usage_labels", "emotion_labels")
 PADDING_SIDES = ("right", "left")
 TURN_FIELDS = ("speaker", "text", "meme", "emotion")
+CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # punctuation, ideographs, full-width forms
+# A space after a CJK character and before a non-space, or after any character and before a CJK character.
+SPACE_BESIDE_CJK = re.compile(f"(?<=[{CJK}]) (?=[^ ])|(?<=.) (?=[{CJK}])", re.DOTALL)
 
 
 @functools.lru_cache(maxsize=16)
@@ -255,9 +259,10 @@ class MODProcessor(ProcessorMixin):
         turns = []
         for turn_index, turn in enumerate(dialogue):
             where = f"dialogue {dialogue_index}, turn {turn_index}"
-            turns.append(self.check_turn(turn, where))
-            if known is not None and turns[-1].meme is not None and turns[-1].meme not in known:
-                raise ValueError(f"{where}: 'meme' {turns[-1].meme!r} is unknown (not in the meme bank).")
+            checked = self.check_turn(turn, where)
+            if known is not None and checked.meme is not None and checked.meme not in known:
+                raise ValueError(f"{where}: 'meme' {checked.meme!r} is unknown (not in the meme bank).")
+            turns.append(checked)
         return turns
 
     def check_turn(self, turn: Mapping, where: str) -> Turn:
@@ -344,19 +349,24 @@ class MODProcessor(ProcessorMixin):
         `[speakerK] [BOS] text [EOS] [TAG]`, and `[IMG]` after a meme, with segment ids. A `labelled` turn has its text
         and `[EOS]` as text labels, its usage label (meme or not) at `[TAG]` and its emotion label at `[IMG]`.
         """
-        ids = self.token_ids
-        image = [ids["[IMG]"]] if turn.meme is not None else []
-        text_length = len(text_ids) + 4  # with [speakerK] [BOS] ... [EOS] [TAG]
-        encoding = {
-            "input_ids": [ids[f"[{turn.speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"], *image],
-            "token_type_ids": [SEGMENTS.index(turn.speaker)] * text_length + [SEGMENTS.index("meme")] * len(image),
-            "labels": [IGNORE_INDEX] * 2 + [*text_ids, ids["[EOS]"]] + [IGNORE_INDEX] * (1 + len(image)),
-            "usage_labels": [IGNORE_INDEX] * (text_length - 1)
-            + [int(turn.meme is not None)]
-            + [IGNORE_INDEX] * len(image),
-            "emotion_labels": [IGNORE_INDEX] * text_length + [turn.emotion] * len(image),
-            "meme_ids": [turn.meme] * len(image),
+        ids, ignore = self.token_ids, [IGNORE_INDEX]
+        utterance = {
+            "input_ids": [ids[f"[{turn.speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"]],
+            "token_type_ids": [SEGMENTS.index(turn.speaker)] * (len(text_ids) + 4),
+            "labels": ignore * 2 + text_ids + [ids["[EOS]"]] + ignore,
+            "usage_labels": ignore * (len(text_ids) + 3) + [int(turn.meme is not None)],
+            "emotion_labels": ignore * (len(text_ids) + 4),
+            "meme_ids": [],
         }
+        image = {
+            "input_ids": [ids["[IMG]"]],
+            "token_type_ids": [SEGMENTS.index("meme")],
+            "labels": ignore,
+            "usage_labels": ignore,
+            "emotion_labels": [turn.emotion],
+            "meme_ids": [turn.meme],
+        }
+        encoding = join_turns([utterance, image] if turn.meme is not None else [utterance])
         return encoding if labelled else without_labels(encoding)
 
     def encode_dialogue(
@@ -508,21 +518,9 @@ def window_spans(lengths: Sequence[int], max_length: int) -> list[tuple[int, int
     return spans
 
 
-def is_cjk(character: str) -> bool:
-    code = ord(character)
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFFEF
-
-
 def join_cjk(text: str) -> str:
-    """Remove the spaces WordPiece decoding puts between Chinese characters, keeping those between other words."""
-    pieces = text.split(" ")
-    joined = pieces[0] if pieces else ""
-    for piece in pieces[1:]:
-        if joined and piece and (is_cjk(joined[-1]) or is_cjk(piece[0])):
-            joined += piece
-        else:
-            joined += " " + piece
-    return joined
+    """Remove the spaces WordPiece decoding puts beside Chinese characters, keeping those between other words."""
+    return SPACE_BESIDE_CJK.sub("", text)
 
 
 MemeImageProcessor.register_for_auto_class("AutoImageProcessor")
