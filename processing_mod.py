@@ -427,7 +427,8 @@ class MODProcessor(ProcessorMixin):
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}.")
         model_inputs = [{key: encoding[key] for key in ("input_ids", "token_type_ids")} for encoding in encodings]
-        batch = BatchFeature(self.tokenizer.pad(model_inputs, padding_side=padding_side, return_tensors="pt").data)
+        padded = self.tokenizer.pad(model_inputs, padding_side=padding_side)
+        batch = BatchFeature({key: torch.tensor(rows, dtype=torch.long) for key, rows in padded.items()})
         for key in LABEL_KEYS:
             batch[key] = pad_labels([encoding[key] for encoding in encodings], padding_side)
         batch["meme_ids"] = [meme for encoding in encodings for meme in encoding["meme_ids"]]
@@ -490,8 +491,8 @@ def pad_labels(rows: Sequence[list[int]], padding_side: str) -> torch.Tensor:
     longest = max(len(row) for row in rows)
     padding = [[IGNORE_INDEX] * (longest - len(row)) for row in rows]
     if padding_side == "left":
-        return torch.tensor([fill + row for fill, row in zip(padding, rows)])
-    return torch.tensor([row + fill for fill, row in zip(padding, rows)])
+        return torch.tensor([fill + row for fill, row in zip(padding, rows)], dtype=torch.long)
+    return torch.tensor([row + fill for fill, row in zip(padding, rows)], dtype=torch.long)
 
 
 def longest_run_that_fits(lengths: Sequence[int], budget: int) -> int:
