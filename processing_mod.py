@@ -1,8 +1,11 @@
 """Processor for MOD-GPT: tokenizer, meme image processor, and the one-sequence-per-dialogue encoding."""
 
+import functools
 import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from itertools import accumulate, takewhile
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -26,8 +29,18 @@ DIALOGUE_SPECIAL_TOKENS = {
     "extra_special_tokens": ["[speaker1]", "[speaker2]", "[IMG]", "[TAG]"],
 }
 LABEL_TURNS = ("all", "last", "none")
+LABEL_KEYS = ("labels", "usage_labels", "emotion_labels")
 PADDING_SIDES = ("right", "left")
 TURN_FIELDS = ("speaker", "text", "meme", "emotion")
+CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # punctuation, ideographs, full-width forms
+# A space after a CJK character and before a non-space, or after any character and before a CJK character.
+SPACE_BESIDE_CJK = re.compile(f"(?<=[{CJK}]) (?=[^ ])|(?<=.) (?=[{CJK}])", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=16)
+def timm_eval_transform(**data_config: Any):
+    """timm's evaluation transform for a data config (of hashable values), built once per distinct config."""
+    return timm.data.create_transform(**data_config, is_training=False)
 
 
 class MemeImageProcessor(BaseImageProcessor):
@@ -66,23 +79,30 @@ class MemeImageProcessor(BaseImageProcessor):
 
     @property
     def transform(self):
-        return timm.data.create_transform(
+        # Looked up from the settings on every call rather than stored, so the saved config, pickling and settings
+        # changed after construction never meet a stale or unserialisable transform.
+        return timm_eval_transform(
             input_size=tuple(self.input_size),
             interpolation=self.interpolation,
             mean=tuple(self.mean),
             std=tuple(self.std),
             crop_pct=self.crop_pct,
             crop_mode=self.crop_mode,
-            is_training=False,
         )
 
-    def preprocess(
-        self, images: Image.Image | Sequence[Image.Image], return_tensors: str = "pt", **kwargs
-    ) -> BatchFeature:
-        images = [images] if isinstance(images, Image.Image) else list(images)
+    def preprocess(self, images: Image.Image | Iterable[Image.Image], return_tensors: str = "pt") -> BatchFeature:
         transform = self.transform
-        pixel_values = torch.stack([transform(image.convert("RGB")) for image in images])
+        pixel_values = torch.stack([transform(image.convert("RGB")) for image in image_list(images)])
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+class Turn(NamedTuple):
+    """A checked turn: its speaker (without brackets), text, meme id, and emotion label (`IGNORE_INDEX` if none)."""
+
+    speaker: str
+    text: str | None
+    meme: str | None
+    emotion: int
 
 
 class MODProcessor(ProcessorMixin):
@@ -116,8 +136,6 @@ class MODProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer lacks the dialogue special tokens {missing}: build it with MODProcessor.")
         self.token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
-    # Building the tokenizer ---------------------------------------------------------------------------------------
-
     @classmethod
     def from_corpus(
         cls,
@@ -132,18 +150,16 @@ class MODProcessor(ProcessorMixin):
         pre-tokenisation, so every Chinese character is its own token (as in CDial-GPT) and other text is split
         into WordPiece units.
         """
-        normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
         )
         corpus = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        corpus.normalizer = normalizer
+        corpus.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
         corpus.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         corpus.train_from_iterator(texts, trainer=trainer)
-        tokenizer = BertTokenizer(vocab=corpus.get_vocab())
-        return cls.from_tokenizer(tokenizer, meme_encoder_name=meme_encoder_name, **kwargs)
+        return cls.from_tokenizer(BertTokenizer(vocab=corpus.get_vocab()), meme_encoder_name, **kwargs)
 
     @classmethod
     def from_vocab(
@@ -152,10 +168,12 @@ class MODProcessor(ProcessorMixin):
         """Use an existing BERT-style vocabulary (a folder or hub repo with `vocab.txt`, e.g. CDial-GPT's)."""
         # BertTokenizer rather than AutoTokenizer: CDial-GPT's folders carry an OpenAI-GPT config.json.
         tokenizer = BertTokenizer.from_pretrained(pretrained_name_or_path)
-        return cls.from_tokenizer(tokenizer, meme_encoder_name=meme_encoder_name, **kwargs)
+        return cls.from_tokenizer(tokenizer, meme_encoder_name, **kwargs)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: BertTokenizer, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any):
+    def from_tokenizer(
+        cls, tokenizer: BertTokenizer, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
+    ) -> "MODProcessor":
         """Add the dialogue special tokens (appended after the vocabulary) and pair it with the meme encoder's images."""
         tokenizer.add_special_tokens(DIALOGUE_SPECIAL_TOKENS)
         return cls(MemeImageProcessor.from_timm_model(meme_encoder_name), tokenizer, **kwargs)
@@ -178,35 +196,86 @@ class MODProcessor(ProcessorMixin):
         names = ("bos", "eos", "pad", "speaker1", "speaker2", "image", "tag")
         return {f"{name}_token_id": self.token_ids[token] for name, token in zip(names, SPECIAL_TOKENS)}
 
+    def __call__(
+        self,
+        dialogues: Sequence[Mapping] | Sequence[Sequence[Mapping]],
+        add_generation_prompt: bool = False,
+        label_turns: str = "all",
+        padding_side: str = "right",
+        max_length: int | None = None,
+        meme_images: Mapping[str, Image.Image] | None = None,
+        return_tensors: str = "pt",
+    ) -> BatchFeature:
+        """
+        Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
+        `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
+        order), the memes of the meme bank that `model(**inputs)` looks up. With `meme_images` (meme id to image) the
+        memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the two.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
+        batch, _ = self.dialogue_batch(dialogues)
+        encodings = [
+            self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns, max_length)
+            for index, dialogue in enumerate(batch)
+        ]
+        inputs = self.pad(encodings, padding_side)
+        if meme_images is not None and inputs["meme_ids"]:
+            missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
+            if missing:
+                raise ValueError(f"meme_images lacks the images of memes {missing}.")
+            images = [meme_images[meme] for meme in inputs.pop("meme_ids")]
+            inputs["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return inputs
+
     # Checking dialogues ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def dialogue_batch(dialogues: Any) -> tuple[list, bool]:
+        """
+        `dialogues` as a batch, and whether it was one dialogue: a list whose first item is a turn (a dict) is one
+        dialogue, any other non-empty list a batch of dialogues (each checked when it is encoded).
+        """
+        if not is_nonempty_list(dialogues):
+            raise ValueError(
+                "Expected a dialogue (a non-empty list of turns) or a batch of dialogues (a non-empty list of them), "
+                f"got {describe(dialogues)}."
+            )
+        single = isinstance(dialogues[0], Mapping)
+        return ([dialogues] if single else list(dialogues)), single
 
     def check_dialogue(
         self, dialogue: Sequence[Mapping], dialogue_index: int = 0, known_memes: Iterable[str] | None = None
-    ) -> None:
+    ) -> list[Turn]:
         """
-        Raise a `ValueError` naming the dialogue, turn and field of the first thing that is not a valid dialogue (see
-        `check_turn`) or, with `known_memes`, of the first meme not among them.
+        The turns of `dialogue`, each checked by `check_turn`. A `ValueError` names the dialogue, turn and field of the
+        first thing that is not a valid dialogue or, with `known_memes`, of the first meme not among them.
         """
-        check_dialogue_shape(dialogue, dialogue_index)
+        if not is_nonempty_list(dialogue):
+            raise ValueError(
+                f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns, got {describe(dialogue)}."
+            )
         known = set(known_memes) if known_memes is not None else None
+        turns = []
         for turn_index, turn in enumerate(dialogue):
             where = f"dialogue {dialogue_index}, turn {turn_index}"
-            self.check_turn(turn, where)
-            meme = turn.get("meme")
-            if known is not None and meme is not None and meme not in known:
-                raise ValueError(f"{where}: 'meme' {meme!r} is unknown (not in the meme bank).")
+            checked = self.check_turn(turn, where)
+            if known is not None and checked.meme is not None and checked.meme not in known:
+                raise ValueError(f"{where}: 'meme' {checked.meme!r} is unknown (not in the meme bank).")
+            turns.append(checked)
+        return turns
 
-    def check_turn(self, turn: Mapping, where: str) -> None:
+    def check_turn(self, turn: Mapping, where: str) -> Turn:
         """
-        Raise a `ValueError` naming the field of `turn` that does not follow the turn schema: only the fields
-        `speaker` ("speaker1" or "speaker2"), `text` (a string or None), `meme` (a meme id string or None) and
-        `emotion` (None, an emotion id or name; only with a meme), and at least one of `text` and `meme`.
+        The turn as a `Turn`, once checked against the turn schema: only the fields `speaker` ("speaker1" or
+        "speaker2"), `text` (a string or None), `meme` (a meme id string or None) and `emotion` (None, an emotion id
+        or name; only with a meme), and at least one of `text` and `meme`. A `ValueError` names the field that is not.
         """
         check_is_turn(turn, where)
         unknown = [key for key in turn if key not in TURN_FIELDS]
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown}; a turn has the fields {list(TURN_FIELDS)}.")
-        self.speaker_of(turn, where)
+        speaker = self.speaker_of(turn, where)
         text, meme, emotion = turn.get("text"), turn.get("meme"), turn.get("emotion")
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{where}: 'text' must be a string or None, got {describe(text)}.")
@@ -216,7 +285,7 @@ class MODProcessor(ProcessorMixin):
             raise ValueError(f"{where}: a turn needs 'text' or 'meme', both are missing.")
         if emotion is not None and meme is None:
             raise ValueError(f"{where}: 'emotion' is given for a turn without a meme, got {describe(emotion)}.")
-        self.emotion_id(emotion, where)
+        return Turn(speaker, text, meme, self.emotion_id(emotion, where))
 
     def speaker_of(self, turn: Mapping, where: str) -> str:
         """The turn's speaker, "speaker1" or "speaker2" (written with or without brackets)."""
@@ -244,132 +313,10 @@ class MODProcessor(ProcessorMixin):
             raise ValueError(f"{where}: 'emotion' id {emotion} is out of range.")
         return int(emotion)
 
-    @staticmethod
-    def dialogue_batch(dialogues: Any) -> tuple[list, bool]:
-        """
-        `dialogues` as a batch, and whether it was one dialogue: a list whose first item is a turn (a dict) is one
-        dialogue, any other non-empty list a batch of dialogues (each checked when it is encoded).
-        """
-        if not is_nonempty_list(dialogues):
-            raise ValueError(
-                "Expected a dialogue (a non-empty list of turns) or a batch of dialogues (a non-empty list of them), "
-                f"got {describe(dialogues)}."
-            )
-        single = isinstance(dialogues[0], Mapping)
-        return ([dialogues] if single else list(dialogues)), single
-
     def next_speaker(self, dialogue: list[Mapping]) -> str:
         """The speaker who answers the dialogue: the one who did not speak last."""
         last = self.speaker_of(dialogue[-1], "last turn")
         return SPEAKERS[1 - SPEAKERS.index(last)]
-
-    # Encoding -----------------------------------------------------------------------------------------------------
-
-    def encode_turn(self, turn: Mapping, where: str, labelled: bool) -> dict[str, list]:
-        """The tokens of one turn, with segment ids, text labels, and usage/emotion labels at `[TAG]`/`[IMG]`."""
-        self.check_turn(turn, where)
-        speaker = self.speaker_of(turn, where)
-        text, meme = turn.get("text"), turn.get("meme")
-        ids = self.token_ids
-        text_ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
-        input_ids = [ids[f"[{speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"]]
-        segment = SEGMENTS.index(speaker)
-        token_type_ids = [segment] * len(input_ids)
-        ignore = [IGNORE_INDEX] * len(input_ids)
-        labels = [IGNORE_INDEX, IGNORE_INDEX, *text_ids, ids["[EOS]"], IGNORE_INDEX] if labelled else list(ignore)
-        usage_labels = ignore[:-1] + [int(meme is not None) if labelled else IGNORE_INDEX]
-        emotion_labels = list(ignore)
-        memes = []
-        if meme is not None:
-            input_ids.append(ids["[IMG]"])
-            token_type_ids.append(SEGMENTS.index("meme"))
-            labels.append(IGNORE_INDEX)
-            usage_labels.append(IGNORE_INDEX)
-            emotion_labels.append(self.emotion_id(turn.get("emotion"), where) if labelled else IGNORE_INDEX)
-            memes.append(meme)
-        return {
-            "input_ids": input_ids,
-            "token_type_ids": token_type_ids,
-            "labels": labels,
-            "usage_labels": usage_labels,
-            "emotion_labels": emotion_labels,
-            "meme_ids": memes,
-        }
-
-    def encode_turns(self, dialogue: Sequence[Mapping], dialogue_index: int, label_turns: str) -> list[dict]:
-        """Each turn of a dialogue encoded by `encode_turn`, labelled as `label_turns` says."""
-        if label_turns not in LABEL_TURNS:
-            raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
-        check_dialogue_shape(dialogue, dialogue_index)
-        last = len(dialogue) - 1
-        turns = []
-        for turn_index, turn in enumerate(dialogue):
-            where = f"dialogue {dialogue_index}, turn {turn_index}"
-            labelled = label_turns == "all" and turn_index > 0 or label_turns == "last" and turn_index == last
-            turns.append(self.encode_turn(turn, where, labelled))
-        return turns
-
-    def encode_dialogue(
-        self,
-        dialogue: Sequence[Mapping],
-        dialogue_index: int = 0,
-        add_generation_prompt: bool = False,
-        label_turns: str = "all",
-        max_length: int | None = None,
-    ) -> dict[str, list]:
-        """
-        Encode one dialogue as a single sequence. `label_turns="all"` labels every turn from the second on (the
-        paper's choice), `"last"` only the last turn (the per-response view: history + answer), `"none"` none.
-        `add_generation_prompt` appends `[speakerK] [BOS]` for the speaker who answers next. Whole old turns are
-        dropped from the left until the encoding fits `max_length`; the last turn (with the generation prompt) is
-        always kept, and a `ValueError` names it when it alone does not fit.
-        """
-        max_length = max_length or self.max_length
-        turns = self.encode_turns(dialogue, dialogue_index, label_turns)
-        if add_generation_prompt:
-            turns[-1] = join_turns([turns[-1], self.generation_prompt(dialogue)])
-        lengths = [len(turn["input_ids"]) for turn in turns]
-        what = "its special tokens and the reply prompt" if add_generation_prompt else "its special tokens"
-        self.check_turn_lengths(lengths[-1:], max_length, dialogue_index, first_turn=len(turns) - 1, what=what)
-        start = len(turns) - longest_run_that_fits(lengths[::-1], max_length)
-        return join_turns(turns[start:])
-
-    def encode_windows(
-        self, dialogue: Sequence[Mapping], dialogue_index: int = 0, max_length: int | None = None
-    ) -> list[dict[str, list]]:
-        """
-        Encode one dialogue for training as windows of whole turns that each fit `max_length`, together labelling
-        every turn from the second on exactly once. A dialogue that fits is one window, `encode_dialogue`'s own
-        encoding. Otherwise the first window is the longest prefix that fits; each later window takes the next new
-        turns, filling at most half of `max_length` (always at least one turn), and puts before them, unlabelled, the
-        longest run of immediately preceding turns that fits: each response is learned once, with as much history as
-        fits.
-        """
-        max_length = max_length or self.max_length
-        turns = self.encode_turns(dialogue, dialogue_index, "all")
-        lengths = [len(turn["input_ids"]) for turn in turns]
-        self.check_turn_lengths(lengths, max_length, dialogue_index)
-        windows, start = [], 0
-        while start < len(turns):
-            budget = max_length if start == 0 else max_length // 2
-            end = start + max(1, longest_run_that_fits(lengths[start:], budget))
-            room = max_length - sum(lengths[start:end])
-            context_start = start - longest_run_that_fits(lengths[:start][::-1], room)
-            context = [without_labels(turn) for turn in turns[context_start:start]]
-            if end > 1 or len(turns) == 1:  # the first turn alone has no label: it only serves as the next context
-                windows.append(join_turns(context + turns[start:end]))
-            start = end
-        return windows
-
-    def generation_prompt(self, dialogue: Sequence[Mapping]) -> dict[str, list]:
-        """`[speakerK] [BOS]` for the speaker who answers `dialogue` next, unlabelled."""
-        speaker = self.next_speaker(dialogue)
-        prompt = {
-            "input_ids": [self.token_ids[f"[{speaker}]"], self.token_ids["[BOS]"]],
-            "token_type_ids": [SEGMENTS.index(speaker)] * 2,
-            "meme_ids": [],
-        }
-        return without_labels(prompt)
 
     @staticmethod
     def check_turn_lengths(
@@ -383,83 +330,134 @@ class MODProcessor(ProcessorMixin):
                     f"more than max_length={max_length}."
                 )
 
+    # Encoding -----------------------------------------------------------------------------------------------------
+
+    def encode_turns(self, dialogue: Sequence[Mapping], dialogue_index: int, label_turns: str) -> list[dict]:
+        """
+        Each turn of `dialogue` checked and encoded by `encode_turn`: `label_turns="all"` labels every turn from the
+        second on (the paper's choice), `"last"` only the last turn (the per-response view), `"none"` none.
+        """
+        if label_turns not in LABEL_TURNS:
+            raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
+        turns = self.check_dialogue(dialogue, dialogue_index)
+        texts = self.tokenizer([turn.text or "" for turn in turns], add_special_tokens=False)["input_ids"]
+        labelled = {"all": range(1, len(turns)), "last": [len(turns) - 1], "none": []}[label_turns]
+        return [self.encode_turn(turn, ids, index in labelled) for index, (turn, ids) in enumerate(zip(turns, texts))]
+
+    def encode_turn(self, turn: Turn, text_ids: list[int], labelled: bool) -> dict[str, list]:
+        """
+        `[speakerK] [BOS] text [EOS] [TAG]`, and `[IMG]` after a meme, with segment ids. A `labelled` turn has its text
+        and `[EOS]` as text labels, its usage label (meme or not) at `[TAG]` and its emotion label at `[IMG]`.
+        """
+        ids, ignore = self.token_ids, [IGNORE_INDEX]
+        utterance = {
+            "input_ids": [ids[f"[{turn.speaker}]"], ids["[BOS]"], *text_ids, ids["[EOS]"], ids["[TAG]"]],
+            "token_type_ids": [SEGMENTS.index(turn.speaker)] * (len(text_ids) + 4),
+            "labels": ignore * 2 + text_ids + [ids["[EOS]"]] + ignore,
+            "usage_labels": ignore * (len(text_ids) + 3) + [int(turn.meme is not None)],
+            "emotion_labels": ignore * (len(text_ids) + 4),
+            "meme_ids": [],
+        }
+        image = {
+            "input_ids": [ids["[IMG]"]],
+            "token_type_ids": [SEGMENTS.index("meme")],
+            "labels": ignore,
+            "usage_labels": ignore,
+            "emotion_labels": [turn.emotion],
+            "meme_ids": [turn.meme],
+        }
+        encoding = join_turns([utterance, image] if turn.meme is not None else [utterance])
+        return encoding if labelled else without_labels(encoding)
+
+    def encode_dialogue(
+        self,
+        dialogue: Sequence[Mapping],
+        dialogue_index: int = 0,
+        add_generation_prompt: bool = False,
+        label_turns: str = "all",
+        max_length: int | None = None,
+    ) -> dict[str, list]:
+        """
+        Encode one dialogue as a single sequence, its turns labelled as `label_turns` says (see `encode_turns`).
+        `add_generation_prompt` appends `[speakerK] [BOS]` for the speaker who answers next. Whole old turns are
+        dropped from the left until the encoding fits `max_length`; the last turn (with the generation prompt) is
+        always kept, and a `ValueError` names it when it alone does not fit.
+        """
+        max_length = max_length or self.max_length
+        turns = self.encode_turns(dialogue, dialogue_index, label_turns)
+        what = "its special tokens"
+        if add_generation_prompt:
+            turns[-1] = join_turns([turns[-1], self.generation_prompt(dialogue)])
+            what += " and the reply prompt"
+        lengths = [len(turn["input_ids"]) for turn in turns]
+        self.check_turn_lengths(lengths[-1:], max_length, dialogue_index, first_turn=len(turns) - 1, what=what)
+        kept = longest_run_that_fits(lengths[::-1], max_length)
+        return join_turns(turns[len(turns) - kept :])
+
+    def encode_windows(
+        self, dialogue: Sequence[Mapping], dialogue_index: int = 0, max_length: int | None = None
+    ) -> list[dict[str, list]]:
+        """
+        Encode one dialogue for training as windows of whole turns that each fit `max_length` (see `window_spans`),
+        together labelling every turn from the second on exactly once: each response is learned once, with as much
+        history as fits. A dialogue that fits is one window, `encode_dialogue`'s own encoding.
+        """
+        max_length = max_length or self.max_length
+        turns = self.encode_turns(dialogue, dialogue_index, "all")
+        lengths = [len(turn["input_ids"]) for turn in turns]
+        self.check_turn_lengths(lengths, max_length, dialogue_index)
+        return [
+            join_turns([without_labels(turn) for turn in turns[context_start:start]] + turns[start:end])
+            for context_start, start, end in window_spans(lengths, max_length)
+            if end > 1 or len(turns) == 1  # the first turn alone labels nothing: it only serves as the next context
+        ]
+
+    def generation_prompt(self, dialogue: Sequence[Mapping]) -> dict[str, list]:
+        """`[speakerK] [BOS]` for the speaker who answers `dialogue` next, unlabelled."""
+        speaker = self.next_speaker(dialogue)
+        prompt = {
+            "input_ids": [self.token_ids[f"[{speaker}]"], self.token_ids["[BOS]"]],
+            "token_type_ids": [SEGMENTS.index(speaker)] * 2,
+            "meme_ids": [],
+        }
+        return without_labels(prompt)
+
     def pad(self, encodings: Sequence[Mapping[str, list]], padding_side: str = "right") -> BatchFeature:
         """Pad encoded dialogues into a batch of tensors; `meme_ids` stays a flat list in reading order."""
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}.")
-        longest = max(len(encoding["input_ids"]) for encoding in encodings)
-        pad_values = {
-            "input_ids": self.token_ids["[PAD]"],
-            "attention_mask": 0,
-            "token_type_ids": 0,
-            "labels": IGNORE_INDEX,
-            "usage_labels": IGNORE_INDEX,
-            "emotion_labels": IGNORE_INDEX,
-        }
-        columns: dict[str, list[list[int]]] = {key: [] for key in pad_values}
-        for encoding in encodings:
-            row = dict(encoding, attention_mask=[1] * len(encoding["input_ids"]))
-            padding = longest - len(encoding["input_ids"])
-            for key, value in pad_values.items():
-                filler = [value] * padding
-                columns[key].append(row[key] + filler if padding_side == "right" else filler + row[key])
-        batch = BatchFeature({key: torch.tensor(rows, dtype=torch.long) for key, rows in columns.items()})
+        model_inputs = [{key: encoding[key] for key in ("input_ids", "token_type_ids")} for encoding in encodings]
+        padded = self.tokenizer.pad(model_inputs, padding_side=padding_side)
+        batch = BatchFeature({key: torch.tensor(rows, dtype=torch.long) for key, rows in padded.items()})
+        for key in LABEL_KEYS:
+            batch[key] = pad_labels([encoding[key] for encoding in encodings], padding_side)
         batch["meme_ids"] = [meme for encoding in encodings for meme in encoding["meme_ids"]]
         return batch
-
-    def __call__(
-        self,
-        dialogues: Sequence[Mapping] | Sequence[Sequence[Mapping]],
-        add_generation_prompt: bool = False,
-        label_turns: str = "all",
-        padding_side: str = "right",
-        max_length: int | None = None,
-        meme_images: Mapping[str, Image.Image] | None = None,
-        return_tensors: str = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
-        """
-        Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
-        `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
-        order), the memes of the meme bank that `model(**inputs)` looks up. With `meme_images` (meme id to image) the
-        memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the two.
-        """
-        if return_tensors != "pt":
-            raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
-        batch, _ = self.dialogue_batch(dialogues)
-        encodings = [
-            self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns, max_length)
-            for index, dialogue in enumerate(batch)
-        ]
-        inputs = self.pad(encodings, padding_side)
-        if meme_images is not None and inputs["meme_ids"]:
-            missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
-            if missing:
-                raise ValueError(f"meme_images lacks the images of memes {missing}.")
-            images = [meme_images[meme] for meme in inputs.pop("meme_ids")]
-            inputs["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        return inputs
 
     # Decoding -----------------------------------------------------------------------------------------------------
 
     def decode_replies(self, reply_ids: torch.LongTensor) -> list[str]:
         """Text of generated replies: the tokens before the first `[EOS]`, joined without spaces between CJK."""
-        eos = self.token_ids["[EOS]"]
-        replies = []
-        for row in reply_ids.tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            replies.append(self.decode_text(row))
-        return replies
+        before_eos = (reply_ids == self.token_ids["[EOS]"]).cumsum(dim=1) == 0
+        return [self.decode_text(row[keep].tolist()) for row, keep in zip(reply_ids, before_eos)]
 
     def decode_text(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens left out, without the spaces WordPiece puts between CJK characters."""
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
         return join_cjk(text)
 
-    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
 
-    def decode(self, *args: Any, **kwargs: Any) -> str:
-        return self.tokenizer.decode(*args, **kwargs)
+def image_list(images: Any) -> list[Image.Image]:
+    """`images`, one PIL image or an iterable of them, as a non-empty list; a `ValueError` names anything else."""
+    if isinstance(images, Image.Image):
+        return [images]
+    listed = list(images) if isinstance(images, Iterable) and not isinstance(images, (str, bytes)) else []
+    if not listed:
+        raise ValueError(f"Expected a PIL image or a non-empty list of them, got {describe(images)}.")
+    for index, image in enumerate(listed):
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image {index} must be a PIL image, got {describe(image)}.")
+    return listed
 
 
 def is_nonempty_list(value: Any) -> bool:
@@ -471,13 +469,6 @@ def describe(value: Any) -> str:
     """A value's type and a short repr, for error messages."""
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
-
-
-def check_dialogue_shape(dialogue: Any, dialogue_index: int) -> None:
-    if not is_nonempty_list(dialogue):
-        raise ValueError(
-            f"dialogue {dialogue_index}: a dialogue must be a non-empty list of turns, got {describe(dialogue)}."
-        )
 
 
 def check_is_turn(turn: Any, where: str) -> None:
@@ -492,35 +483,45 @@ def join_turns(turns: Sequence[Mapping[str, list]]) -> dict[str, list]:
 
 def without_labels(turn: Mapping[str, list]) -> dict[str, list]:
     """An encoded turn as unlabelled context: text, usage and emotion labels all ignored."""
-    ignore = [IGNORE_INDEX] * len(turn["input_ids"])
-    return dict(turn, labels=ignore, usage_labels=list(ignore), emotion_labels=list(ignore))
+    return dict(turn, **{key: [IGNORE_INDEX] * len(turn["input_ids"]) for key in LABEL_KEYS})
+
+
+def pad_labels(rows: Sequence[list[int]], padding_side: str) -> torch.Tensor:
+    """Label rows padded with `IGNORE_INDEX` to the longest, as one tensor."""
+    longest = max(len(row) for row in rows)
+    padding = [[IGNORE_INDEX] * (longest - len(row)) for row in rows]
+    if padding_side == "left":
+        return torch.tensor([fill + row for fill, row in zip(padding, rows)], dtype=torch.long)
+    return torch.tensor([row + fill for fill, row in zip(padding, rows)], dtype=torch.long)
 
 
 def longest_run_that_fits(lengths: Sequence[int], budget: int) -> int:
     """How many of `lengths`, taken from the front, fit together in `budget`."""
-    total = count = 0
-    for length in lengths:
-        if total + length > budget:
-            break
-        total, count = total + length, count + 1
-    return count
+    fitting = takewhile(lambda total: total <= budget, accumulate(lengths))
+    return sum(1 for _ in fitting)
 
 
-def is_cjk(character: str) -> bool:
-    code = ord(character)
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFFEF
+def window_spans(lengths: Sequence[int], max_length: int) -> list[tuple[int, int, int]]:
+    """
+    `(context_start, start, end)` of the training windows over turns of these `lengths`, each window the turns
+    `context_start:end`, of which `start:end` are new (labelled) and the ones before them context. The first window is
+    the longest prefix that fits `max_length`; each later one takes the next new turns, filling at most half of
+    `max_length` (always at least one turn), and puts before them the longest run of immediately preceding turns that
+    fits.
+    """
+    spans, start = [], 0
+    while start < len(lengths):
+        budget = max_length if start == 0 else max_length // 2
+        end = start + max(1, longest_run_that_fits(lengths[start:], budget))
+        room = max_length - sum(lengths[start:end])
+        spans.append((start - longest_run_that_fits(lengths[:start][::-1], room), start, end))
+        start = end
+    return spans
 
 
 def join_cjk(text: str) -> str:
-    """Remove the spaces WordPiece decoding puts between Chinese characters, keeping those between other words."""
-    pieces = text.split(" ")
-    joined = pieces[0] if pieces else ""
-    for piece in pieces[1:]:
-        if joined and piece and (is_cjk(joined[-1]) or is_cjk(piece[0])):
-            joined += piece
-        else:
-            joined += " " + piece
-    return joined
+    """Remove the spaces WordPiece decoding puts beside Chinese characters, keeping those between other words."""
+    return SPACE_BESIDE_CJK.sub("", text)
 
 
 MemeImageProcessor.register_for_auto_class("AutoImageProcessor")

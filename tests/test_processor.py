@@ -1,11 +1,16 @@
 """MODProcessor: vocabulary, sequence layout, truncation, padding, decoding."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import CORPUS, DIALOGUES, EMOTIONS, MEME_IDS
+from safetensors.torch import load_file
 
 from processing_mod import IGNORE_INDEX, MODProcessor
+
+SAVED_V0 = Path(__file__).parent / "fixtures" / "mod_gpt_v0"
 
 
 def tokens(processor, ids):
@@ -134,6 +139,15 @@ def test_processor_round_trip(processor, tmp_path):
     assert loaded.emotion_names == EMOTIONS and loaded.max_length == processor.max_length
     assert loaded.image_processor.input_size == processor.image_processor.input_size
     assert torch.equal(loaded(DIALOGUES)["input_ids"], processor(DIALOGUES)["input_ids"])
+
+
+def test_a_processor_saved_by_earlier_code_loads_and_encodes_as_it_did():
+    loaded = MODProcessor.from_pretrained(SAVED_V0)
+    reference = load_file(SAVED_V0 / "reference_outputs.safetensors")
+    inputs = loaded(DIALOGUES)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert torch.equal(inputs[key], reference[key]), key
+    assert loaded.emotion_names == EMOTIONS and loaded.image_processor.input_size == [3, 160, 160]
 
 
 # Training windows ---------------------------------------------------------------------------------------------------
@@ -283,6 +297,11 @@ def test_dialogue_encoders_name_a_dialogue_that_is_not_a_list(processor):
             processor.encode_dialogue(bad, dialogue_index=2)
         with pytest.raises(ValueError, match=r"^dialogue 2: a dialogue must be a non-empty list of turns"):
             processor.encode_windows(bad, dialogue_index=2)
+
+
+def test_an_unknown_keyword_is_refused_not_ignored(processor):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'add_generation_promt'"):
+        processor(DIALOGUES, add_generation_promt=True)
 
 
 def test_padding_side_is_left_or_right(processor):
