@@ -40,9 +40,9 @@ def test_pipeline_loads_from_saved_folder_in_fresh_process(saved_model, tmp_path
         chat = pipeline(model={str(saved_model)!r}, trust_remote_code=True, memes={{"new": Image.new("RGB", (40, 40))}})
         assert type(chat).__module__.startswith("transformers_modules."), type(chat).__module__
         dialogues = {DIALOGUES!r}
-        one = chat(dialogues[0], max_new_tokens=4, top_k=3)
+        one = chat(dialogues[0], max_new_tokens=4, num_memes=3)
         many = chat(dialogues, batch_size=2, max_new_tokens=4)
-        assert len(many) == 3 and "new" in chat.model.meme_bank_ids
+        assert len(many) == 3 and "new" in chat.meme_bank.ids and "new" not in chat.model.meme_bank_ids
         for reply in [one, *many]:
             assert set(reply) == {{"speaker", "text", "meme", "meme_image", "emotion", "top_memes"}}, reply
         assert len(one["top_memes"]) == 3
@@ -115,7 +115,7 @@ def recorded_lengths(model, monkeypatch):
         return generate(**kwargs)
 
     monkeypatch.setattr(model, "generate", recording_generate)
-    hook = model.transformer.wpe.register_forward_hook(
+    hook = model.model.language_model.wpe.register_forward_hook(
         lambda module, args, output: recorded["positions"].append(int(args[0].max()) + 1)
     )
     yield recorded
@@ -185,10 +185,11 @@ BAD_RESPOND_CALLS = [
     ({"candidates": "001"}, r"candidates of dialogue 0: expected a non-empty list of meme ids, got '001'"),
     ({"candidates": ["001", "404"]}, r"candidates of dialogue 0: \['404'\] are not in the model's meme bank"),
     ({"candidates": ["001", "002", "001"]}, r"candidates of dialogue 0: \['001'\] appear more than once"),
-    ({"top_k": -1}, r"top_k must be a positive integer or None, got -1"),
-    ({"top_k": 0}, r"top_k must be a positive integer or None, got 0"),
-    ({"top_k": 2.5}, r"top_k must be a positive integer or None, got 2.5"),
-    ({"top_k": True}, r"top_k must be a positive integer or None, got True"),
+    ({"num_memes": -1}, r"num_memes must be a positive integer or None, got -1"),
+    ({"num_memes": 0}, r"num_memes must be a positive integer or None, got 0"),
+    ({"num_memes": 2.5}, r"num_memes must be a positive integer or None, got 2.5"),
+    ({"num_memes": True}, r"num_memes must be a positive integer or None, got True"),
+    ({"use_meme": "yes"}, r"use_meme must be True, False or None \(the usage head decides\), got 'yes'"),
 ]
 
 
