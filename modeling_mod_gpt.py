@@ -609,7 +609,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
 
         logits = None
         if logits_to_keep is not None or labels is None:
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep or 0))
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, 0 if logits_to_keep is None else logits_to_keep))
         lm_loss = None if labels is None else self.text_loss(hidden_states, labels)
         usage_loss = meme_loss = emotion_loss = None
         if usage_labels is not None:

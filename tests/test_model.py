@@ -89,6 +89,7 @@ def test_save_load_round_trip_in_process(model, processor, tmp_path):
     torch.testing.assert_close(actual.meme_predictions, expected.meme_predictions, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_auto_classes_load_saved_code_in_fresh_process(model, processor, tmp_path):
     saved = tmp_path / "saved"
     model.save_pretrained(saved)

@@ -191,6 +191,7 @@ def test_contrastive_loss_without_a_bank_ranks_among_the_batch_memes(processor):
 # Learning on the sample ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_flags_learn_to_rank_the_gold_meme(sample_dataset, tmp_path):
     """
     The sample plants the signal: a topic asked about is answered with its meme. A short run with the demo's
@@ -240,6 +241,7 @@ def release_features(dataset: Path) -> tuple[list[str], torch.Tensor]:
     return memes["meme_id"], torch.tensor(memes["feature"])
 
 
+@pytest.mark.slow
 def test_release_features_train_a_model_without_an_image_encoder(release_model, release_dataset):
     config = json.loads((release_model / "config.json").read_text())
     assert config["meme_encoder_config"] is None and config["meme_feature_size"] == RELEASE_FEATURE_SIZE
@@ -251,6 +253,7 @@ def test_release_features_train_a_model_without_an_image_encoder(release_model, 
     torch.testing.assert_close(weights["meme_bank_features"], standardised)
 
 
+@pytest.mark.slow
 def test_model_on_release_features_reloads_and_ranks_memes(release_model, release_dataset):
     from transformers import AutoModel
 
@@ -267,12 +270,14 @@ def test_model_on_release_features_reloads_and_ranks_memes(release_model, releas
         model.get_meme_features(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_model_on_release_features_cannot_go_on_with_image_features(release_model, release_dataset, tmp_path, capsys):
     args = ["--dataset", str(release_dataset), "--output_dir", str(tmp_path), "--init_from", str(release_model)]
     assert train.main(args) == 2
     assert "--meme_features release (it has no meme encoder)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_features(release_model, release_dataset):
     from evaluate_mod import load_model
     from pipeline_mod import MemeDialoguePipeline
