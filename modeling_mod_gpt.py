@@ -377,6 +377,8 @@ class MODGPTModel(MODGPTPreTrainedModel):
     @torch.no_grad()
     def fit_meme_feature_normalization(self, meme_features: torch.Tensor) -> None:
         """Fit "standardize" to raw features `(num_memes, meme_feature_size)`: their mean and std per dimension."""
+        if self.config.meme_feature_normalization != "standardize":
+            return
         if meme_features.dim() != 2 or meme_features.shape[0] < 2:
             raise ValueError(
                 "fit_meme_feature_normalization needs the features of at least 2 memes, shape (num_memes, "
@@ -404,6 +406,17 @@ class MODGPTModel(MODGPTPreTrainedModel):
                 "(meme_features or pixel_values): there must be one meme per [IMG], in reading order."
             )
         return image_mask
+
+    def check_decoder_separates_packed_rows(self, position_ids: torch.LongTensor) -> None:
+        """Refuse packed rows (positions restarting inside a row) for a decoder whose mask cannot keep them apart."""
+        if self.language_model._supports_attention_backend:  # its mask comes from transformers' masking utils
+            return
+        if bool((position_ids.diff(dim=-1) != 1).any()):
+            raise ValueError(
+                f"position_ids restart inside a row (packed dialogues) with no attention_mask, but the "
+                f"{type(self.language_model).__name__} decoder always attends to the whole row: run the dialogues as "
+                "separate rows with an attention_mask."
+            )
 
     @can_return_tuple
     def forward(
@@ -437,9 +450,10 @@ class MODGPTModel(MODGPTPreTrainedModel):
 
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        if use_cache is None and attention_mask is None and position_ids is not None and cache is None:
-            # Packed rows: the attention mask keeps each dialogue to itself only when the decoder builds no cache.
-            use_cache = False
+        if attention_mask is None and position_ids is not None and cache is None:
+            self.check_decoder_separates_packed_rows(position_ids)
+            if use_cache is None:  # the mask keeps each packed dialogue to itself only when no cache is built
+                use_cache = False
         decoder_kwargs = {"cache": cache, "use_cache": use_cache} if self.decoder_has_cache else {}
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -523,9 +537,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         before `add_memes`; memes added afterwards, at any time, are standardised with these statistics. The other
         normalisations have nothing to fit.
         """
-        if self.config.meme_feature_normalization != "standardize":
-            return
-        if len(self.meme_bank):
+        if self.config.meme_feature_normalization == "standardize" and len(self.meme_bank):
             raise ValueError(
                 f"fit_meme_feature_normalization needs an empty meme bank: its {len(self.meme_bank)} memes were "
                 "standardised with the current statistics."

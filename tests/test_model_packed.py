@@ -5,9 +5,9 @@ implementation, giving each dialogue the outputs and losses it gets in a row of 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DIALOGUES
+from conftest import DIALOGUES, MEME_IDS, tiny_config
 
-from modeling_mod_gpt import IGNORE_INDEX
+from modeling_mod_gpt import IGNORE_INDEX, MODGPTForMemeDialogue
 
 SEQUENCE_KEYS = ("input_ids", "token_type_ids", "labels", "usage_labels", "emotion_labels")
 LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
@@ -73,3 +73,18 @@ def test_without_the_restart_the_dialogues_would_see_each_other(attention_model,
     assert not torch.allclose(with_cache, alone, atol=1e-3)
     continuous = dict(row, position_ids=torch.arange(sum(lengths))[None])
     assert not torch.allclose(model(**continuous, logits_to_keep=0).logits[0, second], alone, atol=1e-3)
+
+
+def test_a_decoder_that_cannot_separate_packed_rows_refuses_them(processor):
+    config = tiny_config(processor, text_config={"model_type": "openai-gpt", "n_layer": 1, "n_embd": 32, "n_head": 2})
+    model = MODGPTForMemeDialogue(config).eval()
+    model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
+    row, _ = packed_row(processor, DIALOGUES)
+    with pytest.raises(ValueError, match="OpenAIGPTModel decoder always attends to the whole row"):
+        model(**row)
+    one = processor(DIALOGUES[0])
+    positions = torch.arange(one["input_ids"].shape[1])[None]
+    with_positions = model(
+        **{key: value for key, value in one.items() if key != "attention_mask"}, position_ids=positions
+    )
+    torch.testing.assert_close(with_positions.loss, model(**one).loss)
