@@ -50,8 +50,9 @@ class MODGPTConfig(PreTrainedConfig):
             and memes enter through `meme_features` and `add_memes(ids, meme_features=...)`.
         meme_encoder_name (`str`, *optional*):
             Shorthand taken by the constructor (and read back as a property): the timm architecture of
-            `meme_encoder_config`, or `None` for no encoder. Configs saved before `meme_encoder_config` hold it, and
-            a `meme_encoder_checkpoint` path, which is dropped: the saved weights hold the encoder.
+            `meme_encoder_config`, or `None` for no encoder; given, it replaces `meme_encoder_config`. Configs saved
+            before `meme_encoder_config` hold it, and a `meme_encoder_checkpoint` path, which is dropped with a
+            warning: the saved weights hold the encoder.
         meme_feature_size (`int`, *optional*, defaults to 1280):
             Size of a meme feature vector: the encoder's pooled output (1280 for EfficientNet-b0), or the size of
             precomputed features such as the organisers' 512-d CLIP vectors.
@@ -175,10 +176,6 @@ class MODGPTConfig(PreTrainedConfig):
         if "meme_encoder_name" not in kwargs:
             return
         name = kwargs.pop("meme_encoder_name")
-        if self.meme_encoder_config != timm_encoder_config(DEFAULT_MEME_ENCODER):
-            raise ValueError(
-                f"MODGPTConfig got both meme_encoder_name={name!r} and meme_encoder_config; give one of them."
-            )
         self.meme_encoder_config = None if name is None else timm_encoder_config(name)
 
     def convert_normalize_meme_features(self, legacy: bool | None) -> None:

@@ -123,8 +123,9 @@ def test_meme_encoder_name_is_a_shorthand_for_the_sub_config():
     spelled_out = MODGPTConfig(meme_encoder_config={"model_type": "timm_wrapper", "architecture": "test_efficientnet"})
     assert by_name.to_dict() == spelled_out.to_dict()
     assert MODGPTConfig().meme_encoder_name == "efficientnet_b0"
-    with pytest.raises(ValueError, match="both meme_encoder_name='resnet18' and meme_encoder_config"):
-        MODGPTConfig(meme_encoder_name="resnet18", meme_encoder_config={"architecture": "resnet50"})
+    replaced = MODGPTConfig(meme_encoder_name="resnet18", meme_encoder_config={"architecture": "resnet50"})
+    assert replaced.meme_encoder_config.architecture == "resnet18"  # as train.py's --meme_encoder over a config file
+    assert MODGPTConfig(meme_encoder_name=None).meme_encoder_config is None
 
 
 def test_a_model_without_meme_encoder_saves_and_loads_as_one(processor, tmp_path):
