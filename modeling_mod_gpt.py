@@ -20,9 +20,9 @@ from transformers.models.timm_wrapper import TimmWrapperModel
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 try:
-    from .configuration_mod_gpt import MODGPTConfig
+    from .configuration_mod_gpt import LOSS_WEIGHTS, MODGPTConfig
 except ImportError:
-    from configuration_mod_gpt import MODGPTConfig
+    from configuration_mod_gpt import LOSS_WEIGHTS, MODGPTConfig
 
 
 logger = logging.get_logger(__name__)
@@ -648,13 +648,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
 
     def weighted_loss(self, *parts: torch.Tensor | None) -> torch.Tensor | None:
         """The config's weighted sum of the text, usage, meme and emotion losses that were computed."""
-        config = self.config
-        weights = (
-            config.text_loss_weight,
-            config.usage_loss_weight,
-            config.meme_loss_weight,
-            config.emotion_loss_weight,
-        )
+        weights = [getattr(self.config, name) for name in LOSS_WEIGHTS]
         present = [weight * part for weight, part in zip(weights, parts) if part is not None]
         return torch.stack(present).sum() if present else None
 
