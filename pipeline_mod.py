@@ -11,11 +11,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
     from .configuration_mod_gpt import MODGPTConfig
-    from .modeling_mod_gpt import MODGPTForMemeDialogue
+    from .modeling_mod_gpt import MemeBank, MODGPTForMemeDialogue
     from .processing_mod import MODProcessor
 except ImportError:
     from configuration_mod_gpt import MODGPTConfig
-    from modeling_mod_gpt import MODGPTForMemeDialogue
+    from modeling_mod_gpt import MemeBank, MODGPTForMemeDialogue
     from processing_mod import MODProcessor
 
 HUB_PREFIX = "hf://"
@@ -30,17 +30,24 @@ class MemeDialoguePipeline(Pipeline):
 
     chat = pipeline(model="path/to/mod-gpt", trust_remote_code=True)
     chat([{"speaker": "speaker1", "text": "今天好开心", "meme": None, "emotion": None}])
-    # {"speaker": "speaker2", "text": ..., "meme": "042", "meme_image": <PIL.Image or None>, "emotion": ...,
-    #  "top_memes": [{"meme": "042", "distance": 0.31}, ...]}
+    # {"speaker": "speaker2", "text": ..., "meme": "042", "emotion": ...,
+    #  "top_memes": [{"meme": "042", "score": -0.31}, ...], "meme_image": <PIL.Image or None>}
     ```
+
+    Replies are `MODGPTForMemeDialogue.respond`'s (see `reply_to_dialogues` for the fields; a `score` is higher for a
+    better meme) with `meme_image`, the chosen meme's image where `memes` has it.
 
     Args:
         memes (`Mapping[str, PIL.Image.Image]` or a `memes` dataset split, *optional*):
-            Meme images by id, returned with each chosen meme. Memes not yet in the model's bank are added to it, so
-            they can be chosen too: encoded by the model's meme encoder, or, for a model trained on the release's
-            features (no meme encoder), taken from the `feature` column of a `memes` dataset split.
-    Call arguments: `candidates` (meme ids to choose among, the same list for every dialogue of the call), `top_k`
-    (memes listed with their distances), `batch_size`, and any `generate` argument (`max_new_tokens`, ...).
+            Meme images by id, returned with each chosen meme. Memes the model's bank lacks become candidates of this
+            pipeline: encoded by the model's meme encoder, or, for a model trained on the release's features (no
+            meme encoder), taken from the `feature` column of a `memes` dataset split. They enter a copy of the
+            bank that this pipeline keeps, so the model and other pipelines sharing it do not change. A call takes
+            `memes` too, for that call only.
+    Call arguments (given to `pipeline(...)` they apply to every call): `candidates` (meme ids to choose among, the
+    same list for every dialogue of the call), `num_memes` (memes listed in `top_memes`, default 5), `use_meme`
+    (`None`: the usage head decides; `True`: always attach the best meme; `False`: never), `batch_size`, and any
+    `generate` argument (`max_new_tokens`, `top_k`, `top_p`, `temperature`, ...), passed to `generate` untouched.
     """
 
     _load_processor = True
@@ -50,18 +57,21 @@ class MemeDialoguePipeline(Pipeline):
 
     def __init__(self, *args: Any, memes: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.meme_images = self.index_memes(memes) if memes is not None else {}
-        if isinstance(memes, Mapping):
-            self.add_meme_images(memes)
-        elif memes is not None:  # a memes table: its images, or its features for a model without a meme encoder
-            self.model.add_new_memes(memes, self.processor.image_processor)
+        self.meme_bank, self.meme_images = self.with_memes(memes, self.model.meme_bank, {})
 
-    def add_meme_images(self, images: Mapping) -> None:
-        """Encode the memes of `images` (id -> image) that the model's bank lacks, and add them to it."""
-        new = [meme for meme in images if meme not in set(self.model.meme_bank_ids)]
-        if new:
-            pixel_values = self.processor.image_processor([images[m] for m in new])["pixel_values"]
-            self.model.add_memes(new, pixel_values=pixel_values)
+    def with_memes(self, memes: Any, bank: MemeBank, images: dict) -> tuple[MemeBank, dict]:
+        """`bank` and `images`, or, given `memes`, copies of them with those memes added (the originals stay)."""
+        if memes is None:
+            return bank, images
+        bank = bank.copy()
+        if isinstance(memes, Mapping):
+            new = [meme for meme in memes if meme not in set(bank.ids)]
+            if new:
+                pixel_values = self.processor.image_processor([memes[meme] for meme in new])["pixel_values"]
+                self.model.add_memes(new, pixel_values=pixel_values, meme_bank=bank)
+        else:  # a memes table: its images, or its features for a model without a meme encoder
+            self.model.add_new_memes(memes, self.processor.image_processor, meme_bank=bank)
+        return bank, {**images, **self.index_memes(memes)}
 
     @staticmethod
     def index_memes(memes: Any) -> dict:
@@ -69,31 +79,33 @@ class MemeDialoguePipeline(Pipeline):
             return dict(memes)
         return dict(zip(memes["meme_id"], memes["image"])) if "image" in memes.column_names else {}
 
-    def _sanitize_parameters(self, candidates=None, top_k=None, **generate_kwargs):
-        forward_params = dict(generate_kwargs)
-        if candidates is not None:
-            forward_params["candidates"] = candidates
-        if top_k is not None:
-            forward_params["top_k"] = top_k
-        return {}, forward_params, {}
+    def _sanitize_parameters(self, **call_kwargs: Any):
+        return {}, call_kwargs, {}
 
-    def __call__(self, dialogues, batch_size: int | None = None, **kwargs: Any):
-        """One dialogue gives one reply; a list of dialogues gives a list, answered `batch_size` at a time."""
+    def __call__(self, dialogues, batch_size: int | None = None, memes: Any = None, **kwargs: Any):
+        """
+        One dialogue gives one reply; a list of dialogues gives a list, answered `batch_size` at a time. `memes` (as
+        the constructor takes them) are candidates of this call only.
+        """
         batch, single = self.processor.dialogue_batch(dialogues)
         batch_size = (self._batch_size or 1) if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        _, forward_params, _ = self._sanitize_parameters(**kwargs)
-        inputs = [self.preprocess(dialogue, index)["dialogue"] for index, dialogue in enumerate(batch)]
+        bank, images = self.with_memes(memes, self.meme_bank, self.meme_images)
+        forward_params = {**self._forward_params, **self._sanitize_parameters(**kwargs)[1], "meme_bank": bank}
+        inputs = [self.preprocess(dialogue, index, bank)["dialogue"] for index, dialogue in enumerate(batch)]
         replies = []
         for start in range(0, len(inputs), batch_size):
             outputs = self.forward({"dialogue": inputs[start : start + batch_size]}, **forward_params)
-            replies += [self.postprocess(output) for output in outputs]
+            replies += [self.postprocess(output, images) for output in outputs]
         return replies[0] if single else replies
 
-    def preprocess(self, dialogue: Sequence[Mapping], dialogue_index: int = 0) -> dict[str, Any]:
+    def preprocess(
+        self, dialogue: Sequence[Mapping], dialogue_index: int = 0, meme_bank: MemeBank | None = None
+    ) -> dict[str, Any]:
         """The dialogue checked (its turns, and its memes against the bank) and copied."""
-        self.processor.check_dialogue(dialogue, dialogue_index, known_memes=self.model.meme_bank_ids)
+        known = (self.meme_bank if meme_bank is None else meme_bank).ids
+        self.processor.check_dialogue(dialogue, dialogue_index, known_memes=known)
         return {"dialogue": [dict(turn) for turn in dialogue]}
 
     def _forward(self, model_inputs: dict[str, Any], candidates: list[str] | None = None, **forward_params: Any):
@@ -102,15 +114,9 @@ class MemeDialoguePipeline(Pipeline):
         per_dialogue = None if candidates is None else [candidates] * len(dialogues)
         return self.model.respond(dialogues, self.processor, candidates=per_dialogue, **forward_params)
 
-    def postprocess(self, reply: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "speaker": reply["speaker"],
-            "text": reply["text"],
-            "meme": reply["meme"],
-            "meme_image": self.meme_images.get(reply["meme"]),
-            "emotion": reply["emotion"],
-            "top_memes": [{"meme": meme, "distance": distance} for meme, distance in reply["meme_scores"]],
-        }
+    def postprocess(self, reply: dict[str, Any], meme_images: dict | None = None) -> dict[str, Any]:
+        images = self.meme_images if meme_images is None else meme_images
+        return {**reply, "meme_image": images.get(reply["meme"])}
 
 
 # Loading a saved MOD-GPT -------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DIALOGUES, MEME_IDS, REPO_ROOT
+from conftest import DIALOGUES, EMOTIONS, MEME_IDS, REPO_ROOT
 from PIL import Image
 from test_processor import long_dialogue
 from transformers import GPT2Config
@@ -28,6 +28,7 @@ def saved_model(model, processor, tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_pipeline_loads_from_saved_folder_in_fresh_process(saved_model, tmp_path):
     assert json.loads((saved_model / "config.json").read_text())["custom_pipelines"]["meme-dialogue"]
     script = textwrap.dedent(
@@ -40,9 +41,9 @@ def test_pipeline_loads_from_saved_folder_in_fresh_process(saved_model, tmp_path
         chat = pipeline(model={str(saved_model)!r}, trust_remote_code=True, memes={{"new": Image.new("RGB", (40, 40))}})
         assert type(chat).__module__.startswith("transformers_modules."), type(chat).__module__
         dialogues = {DIALOGUES!r}
-        one = chat(dialogues[0], max_new_tokens=4, top_k=3)
+        one = chat(dialogues[0], max_new_tokens=4, num_memes=3)
         many = chat(dialogues, batch_size=2, max_new_tokens=4)
-        assert len(many) == 3 and "new" in chat.model.meme_bank_ids
+        assert len(many) == 3 and "new" in chat.meme_bank.ids and "new" not in chat.model.meme_bank_ids
         for reply in [one, *many]:
             assert set(reply) == {{"speaker", "text", "meme", "meme_image", "emotion", "top_memes"}}, reply
         assert len(one["top_memes"]) == 3
@@ -86,6 +87,7 @@ def test_chat_keeps_running_after_bad_input_and_resets(model, processor):
     assert chat.parse_message("#042", "speaker1")["text"] is None
 
 
+@pytest.mark.slow
 def test_chat_cli_in_terminal_session(saved_model):
     """chat.py as a user runs it: lines on stdin, replies on stdout, an error does not end it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -115,7 +117,7 @@ def recorded_lengths(model, monkeypatch):
         return generate(**kwargs)
 
     monkeypatch.setattr(model, "generate", recording_generate)
-    hook = model.transformer.wpe.register_forward_hook(
+    hook = model.model.language_model.wpe.register_forward_hook(
         lambda module, args, output: recorded["positions"].append(int(args[0].max()) + 1)
     )
     yield recorded
@@ -185,10 +187,11 @@ BAD_RESPOND_CALLS = [
     ({"candidates": "001"}, r"candidates of dialogue 0: expected a non-empty list of meme ids, got '001'"),
     ({"candidates": ["001", "404"]}, r"candidates of dialogue 0: \['404'\] are not in the model's meme bank"),
     ({"candidates": ["001", "002", "001"]}, r"candidates of dialogue 0: \['001'\] appear more than once"),
-    ({"top_k": -1}, r"top_k must be a positive integer or None, got -1"),
-    ({"top_k": 0}, r"top_k must be a positive integer or None, got 0"),
-    ({"top_k": 2.5}, r"top_k must be a positive integer or None, got 2.5"),
-    ({"top_k": True}, r"top_k must be a positive integer or None, got True"),
+    ({"num_memes": -1}, r"num_memes must be a positive integer or None, got -1"),
+    ({"num_memes": 0}, r"num_memes must be a positive integer or None, got 0"),
+    ({"num_memes": 2.5}, r"num_memes must be a positive integer or None, got 2.5"),
+    ({"num_memes": True}, r"num_memes must be a positive integer or None, got True"),
+    ({"use_meme": "yes"}, r"use_meme must be True, False or None \(the usage head decides\), got 'yes'"),
 ]
 
 
@@ -244,6 +247,134 @@ def test_pipeline_candidates_apply_to_every_dialogue_of_a_batch(model, processor
     for reply in replies:
         assert reply["meme"] in candidates
         assert sorted(entry["meme"] for entry in reply["top_memes"]) == sorted(candidates)
+
+
+# The reply format, and what reaches generate ------------------------------------------------------------------------
+
+
+REPLY_KEYS = {"speaker", "text", "meme", "emotion", "top_memes"}
+
+
+def attach_memes(model, attach: bool) -> None:
+    """Make the usage head decide to attach a meme (or not) at every [TAG]."""
+    model.usage_head.out_proj.bias.data = torch.tensor([-50.0, 50.0] if attach else [50.0, -50.0])
+
+
+@pytest.fixture
+def generate_calls(model, monkeypatch):
+    """The keyword arguments of every `generate` call, the call going on as usual."""
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kwargs: calls.append(kwargs) or generate(**kwargs))
+    return calls
+
+
+def test_top_k_and_sampling_arguments_reach_generate_and_leave_the_meme_list_alone(model, processor, generate_calls):
+    sampling = {"top_k": 50, "top_p": 0.8, "temperature": 1.3, "max_new_tokens": 3}
+    reply = model.respond(DIALOGUES[0], processor, **sampling)
+    pipeline_reply = MemeDialoguePipeline(model=model, processor=processor)(DIALOGUES[0], **sampling)
+    assert len(generate_calls) == 2
+    for call in generate_calls:
+        assert {key: call[key] for key in sampling} == sampling
+    for listed in (reply["top_memes"], pipeline_reply["top_memes"]):
+        assert len(listed) == 5  # the default num_memes, whatever top_k is
+
+
+@pytest.mark.parametrize("num_memes", [1, 3, None])
+def test_num_memes_lists_the_best_ranked_memes_with_higher_scores_first(model, processor, num_memes):
+    attach_memes(model, True)
+    reply = model.respond(DIALOGUES[1], processor, num_memes=num_memes, max_new_tokens=3)
+    assert set(reply) == REPLY_KEYS
+    listed = reply["top_memes"]
+    assert len(listed) == (num_memes or len(MEME_IDS)) and {meme["meme"] for meme in listed} <= set(MEME_IDS)
+    scores = [meme["score"] for meme in listed]
+    assert all(isinstance(score, float) and score <= 0 for score in scores)  # minus an L2 distance
+    assert scores == sorted(scores, reverse=True) and listed[0]["meme"] == reply["meme"]
+
+
+def test_a_score_is_minus_the_retrieval_distance_of_the_reply(model, processor):
+    reply = model.respond(DIALOGUES[1], processor, num_memes=None, max_new_tokens=3)
+    closing = {"speaker": reply["speaker"], "text": reply["text"]}
+    inputs, outputs = model.run_dialogues(processor, [[*DIALOGUES[1], closing]])
+    prediction = outputs.meme_predictions[-1:]
+    (ranking,) = model.retrieve_memes(prediction)
+    assert [meme["meme"] for meme in reply["top_memes"]] == ranking.meme_ids
+    expected = [-distance for distance in ranking.distances]
+    torch.testing.assert_close(torch.tensor([meme["score"] for meme in reply["top_memes"]]), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("head_attaches", [True, False])
+def test_use_meme_overrides_the_usage_head_and_none_follows_it(model, processor, head_attaches):
+    attach_memes(model, head_attaches)
+    follows = model.respond(DIALOGUES, processor, max_new_tokens=2)
+    always = model.respond(DIALOGUES, processor, use_meme=True, max_new_tokens=2)
+    never = model.respond(DIALOGUES, processor, use_meme=False, max_new_tokens=2)
+    assert all((reply["meme"] is not None) == head_attaches for reply in follows)
+    assert all(reply["meme"] == reply["top_memes"][0]["meme"] and reply["emotion"] in EMOTIONS for reply in always)
+    assert all(reply["meme"] is None and reply["emotion"] is None and reply["top_memes"] for reply in never)
+    piped = MemeDialoguePipeline(model=model, processor=processor)(DIALOGUES, use_meme=not head_attaches)
+    assert all((reply["meme"] is not None) == (not head_attaches) for reply in piped)
+
+
+def test_the_pipeline_gives_respond_s_reply_with_the_meme_image(model, processor):
+    attach_memes(model, True)
+    images = {meme: Image.new("RGB", (32, 32), (i * 20, 0, 0)) for i, meme in enumerate(MEME_IDS)}
+    torch.manual_seed(0)
+    reply = model.respond(DIALOGUES[2], processor, max_new_tokens=4)
+    torch.manual_seed(0)
+    piped = MemeDialoguePipeline(model=model, processor=processor, memes=images)(DIALOGUES[2], max_new_tokens=4)
+    assert piped == {**reply, "meme_image": images[reply["meme"]]}
+
+
+def test_arguments_given_to_the_pipeline_apply_to_every_call(model, processor):
+    chat_pipeline = MemeDialoguePipeline(model=model, processor=processor, num_memes=2, max_new_tokens=2)
+    assert len(chat_pipeline(DIALOGUES[0])["top_memes"]) == 2
+    assert len(chat_pipeline(DIALOGUES[0], num_memes=4)["top_memes"]) == 4
+
+
+# Memes of a pipeline stay in that pipeline --------------------------------------------------------------------------
+
+
+def bank_state(bank) -> tuple[list[str], torch.Tensor]:
+    return list(bank.ids), bank.features.clone()
+
+
+def test_memes_given_to_a_pipeline_stay_out_of_the_shared_model_and_other_pipelines(model, processor):
+    attach_memes(model, True)
+    before = bank_state(model.meme_bank)
+    config_ids = list(model.config.meme_bank_ids)
+    plain = MemeDialoguePipeline(model=model, processor=processor)
+    with_memes = MemeDialoguePipeline(model=model, processor=processor, memes={"new": Image.new("RGB", (40, 40))})
+    reply = with_memes(DIALOGUES[1], candidates=["new"], max_new_tokens=2)
+    assert reply["meme"] == "new" and reply["meme_image"] is not None
+    per_call = plain(DIALOGUES[1], candidates=["once"], memes={"once": Image.new("RGB", (40, 40), "red")})
+    assert per_call["meme"] == "once"
+    for bank in (model.meme_bank, plain.meme_bank):
+        ids, features = bank_state(bank)
+        assert ids == before[0] and torch.equal(features, before[1])
+    assert model.config.meme_bank_ids == config_ids and model.meme_bank_ids == MEME_IDS
+    assert "new" in with_memes.meme_bank.ids and "once" not in with_memes.meme_bank.ids
+    for chat_pipeline, meme in ((plain, "new"), (plain, "once"), (with_memes, "once")):
+        with pytest.raises(
+            ValueError, match=rf"candidates of dialogue 0: \['{meme}'\] are not in the model's meme bank"
+        ):
+            chat_pipeline(DIALOGUES[1], candidates=[meme])
+    dialogue_with_new = [*DIALOGUES[1], {"speaker": "speaker2", "text": None, "meme": "new", "emotion": None}]
+    assert with_memes(dialogue_with_new, max_new_tokens=2)["speaker"] == "speaker1"
+    with pytest.raises(ValueError, match="'meme' 'new' is unknown"):
+        model.respond(dialogue_with_new, processor)
+
+
+def test_a_memes_table_given_to_a_pipeline_stays_out_of_the_model(model, processor):
+    import datasets
+
+    images = [Image.new("RGB", (40, 40), colour) for colour in ("red", "blue")]
+    table = datasets.Dataset.from_dict({"meme_id": ["001", "t1"], "image": images})
+    before = bank_state(model.meme_bank)
+    chat_pipeline = MemeDialoguePipeline(model=model, processor=processor, memes=table)
+    assert chat_pipeline.meme_bank.ids == [*MEME_IDS, "t1"]
+    ids, features = bank_state(model.meme_bank)
+    assert ids == before[0] and torch.equal(features, before[1])
 
 
 # Loading without remote code ----------------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""The model's outputs follow transformers' conventions: tuples with `return_dict=False`, every layer's hidden states
+on request, `logits_to_keep`, logits with labels when asked, and a real LM head tied to the input embeddings."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DIALOGUES
+
+from modeling_mod_gpt import IGNORE_INDEX, MODGPTModel, MODGPTOutput
+
+HEAD_OUTPUTS = ("usage_logits", "meme_predictions", "emotion_logits")
+
+
+def plain_inputs(processor, model, dialogues=DIALOGUES) -> dict:
+    """The processor's tensors with the bank features of their memes, without labels."""
+    inputs = dict(processor(dialogues))
+    inputs["meme_features"] = model.lookup_memes(inputs.pop("meme_ids"))
+    return {key: value for key, value in inputs.items() if not key.endswith("labels")}
+
+
+def test_return_dict_false_gives_the_output_as_a_tuple(model, processor):
+    inputs = processor(DIALOGUES)
+    as_dict = model(**inputs, use_cache=False)
+    as_tuple = model(**inputs, use_cache=False, return_dict=False)
+    assert isinstance(as_tuple, tuple) and not isinstance(as_tuple, MODGPTOutput)
+    expected = as_dict.to_tuple()
+    assert len(as_tuple) == len(expected)
+    for actual, wanted in zip(as_tuple, expected):
+        torch.testing.assert_close(actual, wanted)
+    assert as_tuple[0] is not None and as_tuple[0].dim() == 0  # the loss first, as in transformers' models
+    base_tuple = model.model(**plain_inputs(processor, model), return_dict=False)
+    torch.testing.assert_close(base_tuple[0], model.model(**plain_inputs(processor, model)).last_hidden_state)
+
+
+def test_hidden_states_are_every_layer_and_only_on_request(model, processor):
+    inputs = plain_inputs(processor, model)
+    plain = model(**inputs)
+    assert plain.hidden_states is None
+    outputs = model(**inputs, output_hidden_states=True)
+    layers = model.config.text_config.n_layer
+    assert len(outputs.hidden_states) == layers + 1
+    assert all(state.shape == (*inputs["input_ids"].shape, 64) for state in outputs.hidden_states)
+    last = model.model(**inputs).last_hidden_state
+    torch.testing.assert_close(outputs.hidden_states[-1], last)
+    torch.testing.assert_close(model.lm_head(outputs.hidden_states[-1]), plain.logits)
+    assert not torch.allclose(outputs.hidden_states[0], outputs.hidden_states[1])
+
+
+def test_the_lm_head_is_a_real_module_tied_to_the_input_embeddings(model):
+    lm_head = model.get_output_embeddings()
+    assert isinstance(lm_head, torch.nn.Linear) and lm_head is model.lm_head
+    assert lm_head.weight is model.get_input_embeddings().weight
+    assert model.all_tied_weights_keys == {"lm_head.weight": "model.language_model.wte.weight"}
+    model.resize_token_embeddings(model.config.text_config.vocab_size + 3)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.lm_head.weight.shape[0] == model.config.text_config.vocab_size
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep_an_int_keeps_the_last_positions(model, processor, keep):
+    inputs = plain_inputs(processor, model)
+    full = model(**inputs).logits
+    kept = model(**inputs, logits_to_keep=keep)
+    torch.testing.assert_close(kept.logits, full[:, -keep:])
+    for name in HEAD_OUTPUTS:  # the heads read their own positions whatever logits are kept
+        torch.testing.assert_close(getattr(kept, name), getattr(model(**inputs), name))
+
+
+def test_logits_to_keep_a_tensor_keeps_those_positions(model, processor):
+    inputs = plain_inputs(processor, model)
+    full = model(**inputs).logits
+    positions = torch.tensor([0, 4, 7])
+    torch.testing.assert_close(model(**inputs, logits_to_keep=positions).logits, full[:, positions])
+    is_tag = inputs["input_ids"] == model.config.tag_token_id
+    torch.testing.assert_close(model(**inputs, logits_to_keep=is_tag).logits, full[is_tag])
+
+
+def test_logits_come_with_labels_when_asked_and_the_loss_stays_the_same(model, processor):
+    inputs = processor(DIALOGUES)
+    without_labels = model(**{key: value for key, value in inputs.items() if key != "labels"})
+    default = model(**inputs)
+    assert default.logits is None and default.lm_loss is not None  # the training call: labelled positions only
+    asked = model(**inputs, logits_to_keep=0)
+    torch.testing.assert_close(asked.logits, without_labels.logits)
+    last_only = model(**inputs, logits_to_keep=1)
+    torch.testing.assert_close(last_only.logits, without_labels.logits[:, -1:])
+    for outputs in (asked, last_only):
+        torch.testing.assert_close(outputs.lm_loss, default.lm_loss)
+        torch.testing.assert_close(outputs.loss, default.loss)
+    labels = inputs["labels"]
+    expected = F.cross_entropy(asked.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(default.lm_loss, expected)
+
+
+def test_generation_runs_the_lm_head_on_the_last_position_only(model, processor, monkeypatch):
+    prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: rows.append(output.shape[1]))
+    model.generate(
+        **{key: prompt[key] for key in ("input_ids", "attention_mask", "token_type_ids", "meme_ids")},
+        do_sample=False,
+        max_new_tokens=3,
+        min_new_tokens=3,
+    )
+    hook.remove()
+    assert rows == [1, 1, 1]
+
+
+def test_the_base_model_splices_memes_and_returns_their_features(model, processor):
+    assert isinstance(model.model, MODGPTModel)
+    inputs = plain_inputs(processor, model)
+    outputs = model.model(**inputs)
+    torch.testing.assert_close(outputs.meme_features, inputs["meme_features"])
+    image_mask = inputs["input_ids"] == model.config.image_token_id
+    changed = dict(inputs, meme_features=inputs["meme_features"] + 1.0)
+    moved = model.model(**changed).last_hidden_state
+    first_image = int(image_mask[0].nonzero()[0])
+    torch.testing.assert_close(moved[0, :first_image], outputs.last_hidden_state[0, :first_image])
+    assert not torch.allclose(moved[0, first_image:], outputs.last_hidden_state[0, first_image:])
