@@ -16,9 +16,7 @@ import itertools
 import os
 import sys
 import tempfile
-import threading
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +29,6 @@ from pipeline_mod import HUB_PREFIX, MemeDialoguePipeline, load_mod_gpt, load_mo
 
 USER, MODEL = "speaker1", "speaker2"
 UPLOAD_PREFIX = "new-"
-# The pipeline shares one model between all browser sessions; calls that add a chat's own memes take turns.
-MODEL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -61,29 +57,16 @@ def ask_model(
     The model's reply to `dialogue`, with this chat's own memes (id -> image) as candidates too. The only place that
     knows the pipeline's call arguments and output format.
     """
-    with MODEL_LOCK, memes_added_for_one_call(pipe, chat_memes):
-        output = pipe(
-            dialogue,
-            top_k=sampling.memes_listed,
-            top_p=sampling.top_p,
-            temperature=sampling.temperature,
-            max_new_tokens=sampling.max_new_tokens,
-        )
-    ranked = [(entry["meme"], -entry["distance"]) for entry in output["top_memes"]]
+    output = pipe(
+        dialogue,
+        memes=dict(chat_memes) or None,
+        num_memes=sampling.memes_listed,
+        top_p=sampling.top_p,
+        temperature=sampling.temperature,
+        max_new_tokens=sampling.max_new_tokens,
+    )
+    ranked = [(entry["meme"], entry["score"]) for entry in output["top_memes"]]
     return Reply(output["text"], output["meme"], output["emotion"], ranked)
-
-
-@contextmanager
-def memes_added_for_one_call(pipe: MemeDialoguePipeline, images: Mapping[str, Image.Image]) -> Iterator[None]:
-    """Encode `images` into the model's meme bank for the duration of one call, then restore the bank."""
-    model = pipe.model
-    bank_ids, bank_features = model.meme_bank_ids, model.meme_bank_features
-    try:
-        pipe.add_meme_images(images)
-        yield
-    finally:
-        model.meme_bank_features = bank_features
-        model.config.meme_bank_ids = bank_ids
 
 
 def check_meme_image(pipe: MemeDialoguePipeline, image: Image.Image) -> None:
