@@ -114,6 +114,11 @@ class MemeDialoguePipeline(Pipeline):
         per_dialogue = None if candidates is None else [candidates] * len(dialogues)
         return self.model.respond(dialogues, self.processor, candidates=per_dialogue, **forward_params)
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Save the model and the whole processor (the base class saves only its tokenizer and image processor)."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
     def postprocess(self, reply: dict[str, Any], meme_images: dict | None = None) -> dict[str, Any]:
         images = self.meme_images if meme_images is None else meme_images
         return {**reply, "meme_image": images.get(reply["meme"])}

@@ -24,8 +24,13 @@ from pipeline_mod import MemeDialoguePipeline, load_mod_gpt, model_source
 def saved_model(model, processor, tmp_path):
     folder = tmp_path / "saved"
     MemeDialoguePipeline(model=model, processor=processor).save_pretrained(folder)
-    processor.save_pretrained(folder)
     return folder
+
+
+def test_a_saved_pipeline_keeps_the_whole_processor(saved_model, processor):
+    reloaded = load_mod_gpt(str(saved_model))[1]
+    assert reloaded.emotion_names == processor.emotion_names == EMOTIONS
+    assert reloaded.max_length == processor.max_length
 
 
 @pytest.mark.slow
