@@ -545,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write_submission",
         "--write-submission",
-        help="Write DSTC10 task 1/2/3 files into this folder: new, empty, or written here before.",
+        metavar="FOLDER",
+        help="Write DSTC10 task 1/2/3 files into this folder: new, empty, or written by this script before.",
     )
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_new_tokens", type=positive_int, default=32)

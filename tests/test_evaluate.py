@@ -443,8 +443,8 @@ def test_an_english_dataset_gets_english_submission_files(trained_model, sample_
     submission = tmp_path / "submission"
     argv = ["--model", str(trained_model), "--dataset", str(dataset), "--split", "hard_test", "--limit", "2"]
     assert evaluate_mod.main([*argv, "--max_new_tokens", "2", "--write_submission", str(submission)]) == 0
-    names = sorted(path.name for path in submission.glob("*.json"))
-    assert names == [f"e_test_hard_task{task}.json" for task in (1, 2, 3)]
+    names = sorted(path.name for path in submission.iterdir())
+    assert names == [evaluate_mod.SUBMISSION_MARKER, *(f"e_test_hard_task{task}.json" for task in (1, 2, 3))]
 
 
 SUBMISSION_VIEWS = {
