@@ -33,7 +33,7 @@ demo: install
 		--learning_rate 1e-3 --warmup_steps 30 --num_train_epochs 24 \
 		--per_device_train_batch_size 16 --eval_steps 120 --logging_steps 40 --seed 0
 	$(BIN)/python evaluate_mod.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data \
-		--output $(DEMO_DIR)/results.json --write-submission $(DEMO_DIR)/submission
+		--output $(DEMO_DIR)/results.json --write_submission $(DEMO_DIR)/submission
 	printf '%s\n' '今天考试考砸了' '太好了，我们去吃火锅吧' '#000' '/quit' | \
 		$(BIN)/python chat.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
 

@@ -1,15 +1,16 @@
 """Evaluate MOD-GPT as in the paper: Tables 4 (text), 5 (meme retrieval), usage accuracy and 7 (emotion).
 
     python evaluate_mod.py --model demo_output/model --dataset demo_output/data --output results.json
-    python evaluate_mod.py --model ... --dataset ... --split hard_test --write-submission submission/
+    python evaluate_mod.py --model ... --dataset ... --split hard_test --write_submission submission/
 
 By default every test split of the dataset is evaluated (the validation split when it has none). Text replies are
 sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed seed, in padded batches through
 `generate` with its KV cache. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
 results also keep their sentence-averaged BLEU and sacrebleu's figures (see mod_metrics/mod_text). A split without gold
-answers (the challenge's test release) is not scored: with --write-submission its predictions are written in the
+answers (the challenge's test release) is not scored: with --write_submission its predictions are written in the
 release's layout, ready to submit, under the release's file names (`c_` for a Chinese dataset, `e_` for English, from
-the dataset card's `language`).
+the dataset card's `language`), into a folder that is new, empty, or written by this script before (it holds the
+marker file `.mod_submission.json`); any other folder is refused before the model loads and nothing in it changes.
 
 `--model` is a saved MOD-GPT folder, or `hf://owner/name` for one on the hub. It is loaded with this package's own
 model and processor classes; the code files saved with a model run only with `--trust_remote_code`. The rows loaded
@@ -25,13 +26,13 @@ from typing import Any
 
 import datasets
 import torch
-import torch.nn.functional as F
 from huggingface_hub import DatasetCard
 from tqdm.auto import tqdm
 
 from mod_dataset import expected_counts
 from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
+from mod_scoring import response_nll, usage_decisions
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
 from pipeline_mod import load_mod_gpt, load_mod_gpt_config
 
@@ -40,7 +41,6 @@ FALLBACK_SPLIT = "validation"
 VIEWS = ("response", "retrieval", "emotion")
 RT_CUTOFF = 5  # RT@5: the gold meme among the 5 nearest of all memes
 EMOTION_KS = (1, 5)  # Table 7 reports top-5 accuracy; clipped to the number of emotions the model predicts
-IGNORE_INDEX = -100
 # Each task file of a submission: the view its instances come from, and the prediction its answer holds.
 TASK_PREDICTIONS = {
     "task1": ("response", "replies"),
@@ -48,6 +48,9 @@ TASK_PREDICTIONS = {
     "task3": ("emotion", "emotions"),
 }
 ANSWER_FIELDS = {"task1": "txt", "task2": "img_id", "task3": "emotion_id"}
+# Left in every submission folder written, so that a later run may write there again and no other folder is touched.
+SUBMISSION_MARKER = ".mod_submission.json"
+WRITER = "evaluate_mod.py"
 # The release's file name prefix by dataset language (the card's `language`), and the one taken when it is unknown.
 RELEASE_PREFIXES = {"zh": "c", "en": "e"}
 DEFAULT_RELEASE_PREFIX = "c"
@@ -90,23 +93,20 @@ def generate_replies(model, processor, rows: list[dict], batch_size: int, max_ne
 
 
 @torch.no_grad()
-def response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[list[float], list[int]]:
+def gold_response_nll(model, processor, rows: list[dict], batch_size: int) -> tuple[list[float], list[int]]:
     """Summed negative log-likelihood and token count of each gold response (its text and [EOS])."""
     nll_sums, counts = [], []
     for chunk in batched(rows, batch_size, "perplexity"):
         dialogues = [row["history"] + [reply_turn(row, row["answer"])] for row in chunk]
         inputs, outputs = model.run_dialogues(processor, dialogues, label_turns="last")
-        targets = inputs["labels"][:, 1:]
-        nll = F.cross_entropy(
-            outputs.logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        nll_sums += nll.sum(1).tolist()
-        counts += (targets != IGNORE_INDEX).sum(1).tolist()
+        nll, tokens = response_nll(outputs.logits, inputs["labels"])
+        nll_sums += nll.tolist()
+        counts += tokens.tolist()
     return nll_sums, counts
 
 
 def text_scores(model, processor, rows: list[dict], replies: list[str], batch_size: int) -> dict[str, float]:
-    nll_sums, counts = response_nll(model, processor, rows, batch_size)
+    nll_sums, counts = gold_response_nll(model, processor, rows, batch_size)
     references = [row["answer"] for row in rows]
     return load_metric("mod_text").compute(
         predictions=replies, references=references, nll_sums=nll_sums, token_counts=counts
@@ -172,10 +172,11 @@ def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int)
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
         inputs, outputs = model.run_dialogues(processor, chunk)
-        labels = inputs["usage_labels"][inputs["input_ids"] == model.config.tag_token_id]
-        labelled = labels != IGNORE_INDEX
-        predictions += outputs.usage_logits.argmax(-1)[labelled].tolist()
-        references += labels[labelled].tolist()
+        _, predicted, labelled = usage_decisions(
+            inputs["input_ids"], inputs["usage_labels"], outputs.usage_logits, model.config.tag_token_id
+        )
+        predictions += predicted.tolist()
+        references += labelled.tolist()
     return load_metric("mod_usage").compute(predictions=predictions, references=references)
 
 
@@ -270,11 +271,37 @@ def release_prefix(dataset: str) -> str:
     return next((RELEASE_PREFIXES[lang] for lang in languages if lang in RELEASE_PREFIXES), DEFAULT_RELEASE_PREFIX)
 
 
+def check_submission_folder(folder: Path) -> None:
+    """A submission folder must be new, empty, or one this script wrote before (it holds `SUBMISSION_MARKER`)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--write_submission {str(folder)!r} is a file, not a folder.")
+    if folder.is_dir() and any(folder.iterdir()) and not is_submission_folder(folder):
+        found = ", ".join(sorted(path.name for path in folder.iterdir())[:5])
+        raise ValueError(
+            f"--write_submission {str(folder)!r} is not empty and was not written by {WRITER} (it has no "
+            f"{SUBMISSION_MARKER}; it holds {found}, ...): nothing was written. Give a new or empty folder."
+        )
+
+
+def is_submission_folder(folder: Path) -> bool:
+    """Whether `folder` holds the marker file that `write_submission` leaves in the folders it writes."""
+    try:
+        marker = json.loads((folder / SUBMISSION_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("writer") == WRITER
+
+
 def write_submission(
     folder: Path, split: str, views: dict[str, list[dict]], predicted: dict[str, list], prefix: str
 ) -> None:
-    """The three task files of `split` under the release's own names (c_test_easy_task1.json, ...), answers filled."""
+    """
+    The three task files of `split` under the release's own names (c_test_easy_task1.json, ...), answers filled, in
+    a folder that `check_submission_folder` accepts; the folder's marker is written first.
+    """
+    check_submission_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / SUBMISSION_MARKER).write_text(json.dumps({"writer": WRITER}) + "\n", encoding="utf-8")
     for task, (view, predictions) in TASK_PREDICTIONS.items():
         instances = submission_instances(task, views[view], predicted[predictions])
         path = folder / f"{prefix}_{TASK_SPLITS[split]}_{task}.json"
@@ -306,7 +333,7 @@ def retrieval_rows(split: str, retrieval: dict) -> list[tuple[str, dict]]:
 def print_tables(results: dict[str, dict]) -> None:
     for split, result in results.items():
         if not result["annotated"]:
-            written = "--write-submission writes its predictions"
+            written = "--write_submission writes its predictions"
             if "submission" in result:
                 written = f"its submission files are in {result['submission']}"
             print(f"\n{split}: no gold answers (a blank test release), so it is not scored; {written}.")
@@ -468,7 +495,9 @@ def start(args) -> Setup:
     splits = choose_splits(args.split, configs, args.dataset)
     annotated = {split: is_annotated(configs, split) for split in splits}
     if args.write_submission and any(split not in TASK_SPLITS for split in splits):
-        raise ValueError(f"--write-submission: the release has task files for the splits {list(TASK_SPLITS)} only.")
+        raise ValueError(f"--write_submission: the release has task files for the splits {list(TASK_SPLITS)} only.")
+    if args.write_submission:
+        check_submission_folder(Path(args.write_submission))
     config = load_mod_gpt_config(args.model, args.trust_remote_code)
     check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
     memes = next(iter(configs["memes"].values()))
@@ -513,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="A built MOD dataset folder or hub id.")
     parser.add_argument("--split", nargs="+", help="Splits to evaluate (default: the dataset's test splits).")
     parser.add_argument("--output", help="Write the results as JSON here.")
-    parser.add_argument("--write-submission", dest="write_submission", help="Write DSTC10 task 1/2/3 files here.")
+    parser.add_argument(
+        "--write_submission",
+        "--write-submission",
+        metavar="FOLDER",
+        help="Write DSTC10 task 1/2/3 files into this folder: new, empty, or written by this script before.",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_new_tokens", type=positive_int, default=32)
     parser.add_argument("--limit", type=positive_int, help="Evaluate only the first N instances of each view.")

@@ -48,7 +48,7 @@ def evaluated(sample_dataset, trained_model, tmp_path_factory) -> tuple[str, dic
     evaluation = run_script(
         "evaluate_mod.py",
         *["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "64"],
-        *["--max_new_tokens", "8", "--output", str(results), "--write-submission", str(submission)],
+        *["--max_new_tokens", "8", "--output", str(results), "--write_submission", str(submission)],
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     return evaluation.stdout, json.loads(results.read_text()), submission
@@ -67,6 +67,7 @@ def table_header(stdout: str, title: str) -> list[str]:
 # End to end on the sample -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_table_is_printed_with_a_number_in_every_cell(evaluated):
     stdout, results, _ = evaluated
     for title in TABLE_TITLES:
@@ -84,6 +85,7 @@ def test_every_table_is_printed_with_a_number_in_every_cell(evaluated):
         assert int(count) == results[split]["usage"]["count"]
 
 
+@pytest.mark.slow
 def test_table_4_shows_the_official_corpus_bleu(evaluated):
     stdout, results, _ = evaluated
     assert "the organisers' nltk corpus BLEU" in stdout
@@ -95,6 +97,7 @@ def test_table_4_shows_the_official_corpus_bleu(evaluated):
         ]
 
 
+@pytest.mark.slow
 def test_results_json_holds_every_figure(evaluated, sample_dataset):
     _, results, _ = evaluated
     assert sorted(results) == ["easy_test", "hard_test"]  # the dataset's test splits, by default
@@ -114,6 +117,7 @@ def test_results_json_holds_every_figure(evaluated, sample_dataset):
         assert len(result["samples"]) == 3 and all(isinstance(s["reply"], str) for s in result["samples"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["easy_test", "hard_test"])
 def test_submission_files_follow_the_release_instance_by_instance(evaluated, split):
     _, _, submission = evaluated
@@ -209,6 +213,7 @@ def start_up_error(argv: list[str], capsys) -> str:
     return stderr
 
 
+@pytest.mark.slow
 def test_a_blank_split_is_not_scored_and_its_submission_is_written(trained_model, sample_dataset, tmp_path):
     dataset = copy_dataset(sample_dataset, tmp_path)
     for view in evaluate_mod.VIEWS:
@@ -217,7 +222,7 @@ def test_a_blank_split_is_not_scored_and_its_submission_is_written(trained_model
     evaluation = run_script(
         "evaluate_mod.py",
         *["--model", str(trained_model), "--dataset", str(dataset), "--limit", "6", "--max_new_tokens", "4"],
-        *["--output", str(results), "--write-submission", str(submission)],
+        *["--output", str(results), "--write-submission", str(submission)],  # the former spelling, still taken
         env={"HF_DATASETS_CACHE": str(tmp_path / "cache")},
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -327,7 +332,7 @@ def test_task_2_is_written_back_in_the_release_layout(tmp_path):
     predicted = {"replies": ["好的呀"], "ranked": ranked, "emotions": [[2, 0, 3, 1]]}
     evaluate_mod.write_submission(tmp_path, "easy_test", views, predicted, prefix="c")
     names = ["c_test_easy_task1.json", "c_test_easy_task2.json", "c_test_easy_task3.json"]
-    assert sorted(path.name for path in tmp_path.iterdir()) == names
+    assert sorted(path.name for path in tmp_path.iterdir()) == [evaluate_mod.SUBMISSION_MARKER, *names]
     task1, task2, task3 = (json.loads((tmp_path / name).read_text(encoding="utf-8")) for name in names)
 
     assert task1 == [
@@ -412,6 +417,7 @@ def test_a_missing_model_folder_stops_before_any_work(sample_dataset, tmp_path, 
     assert f"model folder {missing!r} does not exist" in message
 
 
+@pytest.mark.slow
 def test_evaluation_runs_no_code_from_the_model_folder_unless_asked(trained_model, sample_dataset, tmp_path):
     model, marker = marked_copy(trained_model, tmp_path)
     argv = ["--model", str(model), "--dataset", str(sample_dataset), "--split", "easy_test", "--limit", "2"]
@@ -430,11 +436,53 @@ def test_the_release_prefix_follows_the_card_language(sample_dataset, tmp_path, 
     assert evaluate_mod.release_prefix(str(tmp_path / "no_card")) == "c"
 
 
+@pytest.mark.slow
 def test_an_english_dataset_gets_english_submission_files(trained_model, sample_dataset, tmp_path, fresh_cache):
     dataset = copy_dataset(sample_dataset, tmp_path)
     edit_card(dataset, lambda metadata: metadata.update(language=["en"]))
     submission = tmp_path / "submission"
     argv = ["--model", str(trained_model), "--dataset", str(dataset), "--split", "hard_test", "--limit", "2"]
-    assert evaluate_mod.main([*argv, "--max_new_tokens", "2", "--write-submission", str(submission)]) == 0
+    assert evaluate_mod.main([*argv, "--max_new_tokens", "2", "--write_submission", str(submission)]) == 0
     names = sorted(path.name for path in submission.iterdir())
-    assert names == [f"e_test_hard_task{task}.json" for task in (1, 2, 3)]
+    assert names == [evaluate_mod.SUBMISSION_MARKER, *(f"e_test_hard_task{task}.json" for task in (1, 2, 3))]
+
+
+SUBMISSION_VIEWS = {
+    "response": [{"id": "a", "history": DIALOGUES[1][:1], "speaker": "speaker1", "answer": None}],
+    "retrieval": RETRIEVAL_ROWS[:1],
+    "emotion": [{"id": "c", "history": DIALOGUES[1], "speaker": "speaker1", "answer": None}],
+}
+SUBMISSION_PREDICTIONS = {"replies": ["好的呀"], "ranked": [["003", "006", "001", "002"]], "emotions": [[2, 0, 3, 1]]}
+
+
+def test_submission_files_go_only_where_this_script_wrote_before(tmp_path):
+    written = tmp_path / "submission"
+    for _ in range(2):  # a folder written before takes the files again
+        evaluate_mod.write_submission(written, "easy_test", SUBMISSION_VIEWS, SUBMISSION_PREDICTIONS, prefix="c")
+    assert len(json.loads((written / "c_test_easy_task1.json").read_text(encoding="utf-8"))) == 1
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "c_test_easy_task1.json").write_text("my own file")
+    with pytest.raises(ValueError, match="is not empty and was not written by evaluate_mod.py"):
+        evaluate_mod.write_submission(foreign, "easy_test", SUBMISSION_VIEWS, SUBMISSION_PREDICTIONS, prefix="c")
+    assert [path.name for path in foreign.iterdir()] == ["c_test_easy_task1.json"]
+    assert (foreign / "c_test_easy_task1.json").read_text() == "my own file"
+
+
+@pytest.mark.parametrize("spelling", ["--write_submission", "--write-submission"])
+def test_a_submission_folder_of_other_files_is_refused_before_any_work(
+    sample_dataset, tmp_path, no_model_loading, capsys, spelling
+):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "c_test_easy_task2.json").write_text("[]")
+    message = start_up_error(["--model", "unused", "--dataset", str(sample_dataset), spelling, str(folder)], capsys)
+    assert f"--write_submission {str(folder)!r} is not empty and was not written by evaluate_mod.py" in message
+    assert "c_test_easy_task2.json" in message
+    assert (folder / "c_test_easy_task2.json").read_text() == "[]" and len(list(folder.iterdir())) == 1
+    (tmp_path / "file").write_text("")
+    message = start_up_error(
+        ["--model", "unused", "--dataset", str(sample_dataset), spelling, str(tmp_path / "file")], capsys
+    )
+    assert "is a file, not a folder" in message

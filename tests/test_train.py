@@ -3,15 +3,34 @@
 import json
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration
 from conftest import run_script
+from huggingface_hub import HfApi
+from huggingface_hub.hf_api import future_compatible
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 import train
+from mod_training import ArgumentError
+from mod_training.arguments import TrainArguments, parse_arguments
+from mod_training.checkpoints import (
+    COMPLETE_MARKER,
+    complete_checkpoints,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    save_checkpoint,
+)
+from mod_training.data import LengthGroupedBatchSampler, encode_split
+from mod_training.hub import model_card, upload, wait_for_uploads
+from mod_training.model_setup import build_processor
 
 TINY = ["--model_config", "tiny", "--normalize_meme_features", "--learning_rate", "1e-3", "--logging_steps", "2"]
 
@@ -39,6 +58,7 @@ def trained(sample_dataset, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.mark.slow
 def test_run_learns_and_saves_a_complete_model(trained):
     curve = losses(trained)
     assert curve[-1] < 0.75 * curve[0]
@@ -46,13 +66,41 @@ def test_run_learns_and_saves_a_complete_model(trained):
     evaluations = [r for r in records if "eval_loss" in r]
     assert [r["step"] for r in evaluations] == [30, 60]
     assert all(key in evaluations[-1] for key in ("eval_perplexity", "eval_usage_accuracy", "eval_r10@1"))
+    # The default schedule stays linear decay to 0 over the 60 steps, without warmup (the learning rate is 1e-3).
+    rates = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert rates == pytest.approx({step: 1e-3 * (60 - step) / 60 for step in range(2, 61, 2)})
     for name in ("config.json", "model.safetensors", "generation_config.json", "processor_config.json", "README.md"):
         assert (trained / name).exists(), name
     assert json.loads((trained / "config.json").read_text())["custom_pipelines"]["meme-dialogue"]
     card = (trained / "README.md").read_text()
-    assert "model-index" in card and "trust_remote_code=True" in card and "eval_loss" not in card
+    assert "trust_remote_code=True" in card and "eval_loss" not in card
+    assert f"| loss | {evaluations[-1]['eval_loss']:.4f} |" in card
     assert (trained / "best_model" / "model.safetensors").exists()
     assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"]
+
+
+def card_metadata(card) -> dict:
+    return yaml.safe_load(str(card).split("---\n")[1])
+
+
+def test_the_model_card_names_only_hub_datasets_and_no_stock_pipeline(tmp_path):
+    metrics = {"eval_loss": 2.5, "eval_r10@1": 0.25}
+    local = TrainArguments(dataset=str(tmp_path / "data"), output_dir="unused")
+    metadata = card_metadata(model_card(local, metrics, "user/mod-gpt"))
+    assert "datasets" not in metadata and "model-index" not in metadata and "pipeline_tag" not in metadata
+    assert metadata["library_name"] == "transformers" and "custom_code" in metadata["tags"]
+
+    hub = TrainArguments(dataset="user/mod-zh", output_dir="unused", init_from="user/gpt2-chinese")
+    card = model_card(hub, metrics, "user/mod-gpt")
+    metadata = card_metadata(card)
+    assert metadata["datasets"] == ["user/mod-zh"] and metadata["base_model"] == "user/gpt2-chinese"
+    assert "pipeline_tag" not in metadata
+    (results,) = metadata["model-index"]
+    assert results["name"] == "user/mod-gpt"
+    scores = {m["type"]: m["value"] for r in results["results"] for m in r["metrics"]}
+    assert scores == {"loss": 2.5, "r10@1": 0.25}
+    assert all(r["dataset"]["type"] == "user/mod-zh" for r in results["results"])
+    assert "| r10@1 | 0.2500 |" in card.text
 
 
 NO_DROPOUT = {
@@ -96,6 +144,7 @@ def validation_rows(folder: Path) -> dict[str, int]:
     return {path.name: sum(map(int, path.read_text().split())) for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_one_process_run_and_share_validation(sample_dataset, tmp_path):
     config = tmp_path / "no_dropout.json"
     config.write_text(json.dumps(NO_DROPOUT))
@@ -164,24 +213,22 @@ def test_failed_save_leaves_no_checkpoint_that_looks_whole(tmp_path):
             (Path(folder) / "model.safetensors").write_bytes(b"partial")
             raise OSError("disk full")
 
-    manager = train.CheckpointManager(BrokenAccelerator(), tmp_path, limit=None, uploader=None)
     with pytest.raises(OSError, match="disk full"):
-        manager.save({"global_step": 5}, torch.nn.Linear(2, 2))
+        save_checkpoint(BrokenAccelerator(), tmp_path, {"global_step": 5}, torch.nn.Linear(2, 2))
     assert not (tmp_path / "checkpoint-5").exists()
-    assert train.complete_checkpoints(tmp_path) == []
+    assert complete_checkpoints(tmp_path) == []
 
 
-class StubHub:
-    """Stands in for `huggingface_hub.HfApi` at its boundary: records calls, optionally fails."""
+class StubHub(HfApi):
+    """`HfApi` whose uploads, run in its background thread like the real ones, are recorded (and fail if asked)."""
 
     def __init__(self, fail: bool):
+        super().__init__()
         self.fail, self.calls = fail, []
 
-    def create_repo(self, repo_id, exist_ok=False):
-        self.calls.append(("create_repo", repo_id))
-
+    @future_compatible
     def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs))
+        self.calls.append(kwargs)
         if self.fail:
             raise ConnectionError("hub unreachable")
 
@@ -189,46 +236,84 @@ class StubHub:
 def make_checkpoint(folder: Path, step: int) -> Path:
     checkpoint = folder / f"checkpoint-{step}"
     checkpoint.mkdir()
-    (checkpoint / train.COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
     return checkpoint
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_uploads_run_in_background_and_failures_keep_local_copies(tmp_path, fail):
-    uploader = train.HubUploader("user/mod-gpt", attempts=2, retry_delay=0.0)
-    uploader.api = StubHub(fail)
+def test_uploads_run_in_background_and_failures_keep_local_copies(tmp_path, caplog, fail):
+    PartialState()  # accelerate's logging, which reports the failure, needs it
+    api = StubHub(fail)
     first = make_checkpoint(tmp_path, 1)
-    uploader.submit(first, path_in_repo=first.name)
-    uploader.uploads[str(first)].result()
-    uploads = [call[1] for call in uploader.api.calls if call[0] == "upload_folder"]
-    assert len(uploads) == (2 if fail else 1)  # retried once on failure
+    uploads = {first: upload(api, "user/mod-gpt", first, path_in_repo=first.name)}
+    assert isinstance(uploads[first], Future)
+    assert (uploads[first].exception() is None) is not fail  # waits for it
     expected = {"repo_id": "user/mod-gpt", "folder_path": first, "path_in_repo": "checkpoint-1"}
-    assert uploads[0] == {**expected, "commit_message": "Upload checkpoint-1"}
-    assert uploader.uploaded(first) is (not fail)
+    assert api.calls == [{**expected, "commit_message": "Upload checkpoint-1", "run_as_future": False}]
     make_checkpoint(tmp_path, 2)
-    manager = train.CheckpointManager(accelerator=None, output_dir=tmp_path, limit=1, uploader=uploader)
-    manager.rotate()
+    rotate_checkpoints(tmp_path, limit=1, uploads=uploads)
     assert first.exists() is fail  # an uploaded checkpoint may be rotated away, a failed one never
-    uploader.wait()
+    wait_for_uploads(uploads)
+    assert ("hub unreachable" in caplog.text) is fail
+
+
+def test_a_checkpoint_still_uploading_is_kept(tmp_path):
+    first, second = make_checkpoint(tmp_path, 1), make_checkpoint(tmp_path, 2)
+    rotate_checkpoints(tmp_path, limit=1, uploads={first: Future(), second: Future()})
+    assert first.exists() and second.exists()
+    rotate_checkpoints(tmp_path, limit=1)  # not pushed: only the limit counts
+    assert complete_checkpoints(tmp_path) == [second]
 
 
 def test_resolve_checkpoint_ignores_folders_without_marker(tmp_path):
     make_checkpoint(tmp_path, 3)
     (tmp_path / "checkpoint-7").mkdir()
-    assert train.resolve_checkpoint("latest", tmp_path).name == "checkpoint-3"
+    assert resolve_checkpoint("latest", tmp_path).name == "checkpoint-3"
+
+
+def epoch_batches(loader: DataLoader, sampler: LengthGroupedBatchSampler, epoch: int, steps: int) -> list[list[int]]:
+    """The batches a prepared loader gives in an epoch that the loop leaves after `steps` batches, as it does."""
+    sampler.epoch = epoch
+    return [batch.tolist() for _, batch in zip(range(steps), loader)]
+
+
+def test_each_epoch_has_its_own_length_grouped_batches_through_a_prepared_loader():
+    lengths = [(index * 37) % 101 + 1 for index in range(100)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
+    loader = accelerator.prepare(DataLoader(list(range(100)), batch_sampler=sampler))
+    first, second = (epoch_batches(loader, sampler, epoch, len(sampler)) for epoch in (0, 1))
+    assert len(sampler) == 12 and first != second
+    for batches in (first, second):
+        assert all(len(batch) == 8 for batch in batches) and len({i for b in batches for i in b}) == 96
+        # Grouped by length: a batch spans a small part of the range of lengths (1 to 101).
+        assert sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches) < 20
+    assert epoch_batches(loader, sampler, 1, 4) == second[:4]  # from (seed, epoch) alone
+    sampler.epoch = 1
+    resumed = [batch.tolist() for batch in accelerator.skip_first_batches(loader, 5)]
+    assert resumed == second[5:]
+
+
+def test_the_learning_rate_schedule_is_any_of_get_scheduler(sample_dataset, tmp_path):
+    common = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path / "out")]
+    assert parse_arguments(common).lr_scheduler_type == "linear"
+    assert parse_arguments([*common, "--lr_scheduler_type", "cosine"]).lr_scheduler_type == "cosine"
+    with pytest.raises(ArgumentError, match="--lr_scheduler_type.*invalid choice: 'reduce_lr_on_plateau'"):
+        parse_arguments([*common, "--lr_scheduler_type", "reduce_lr_on_plateau"])
 
 
 def test_training_examples_learn_every_response_of_long_dialogues_once(sample_dataset):
     dialogues = datasets.load_dataset(str(sample_dataset), "dialogues")
-    args = train.TrainArguments(dataset=str(sample_dataset), output_dir="unused", max_length=48)
-    processor = train.build_processor(args, dialogues)
+    args = TrainArguments(dataset=str(sample_dataset), output_dir="unused", max_length=48)
+    processor = build_processor(args, dialogues)
     for split in ("train", "validation"):
-        examples = train.encode_split(dialogues[split], processor, args.max_length)
+        examples = encode_split(dialogues[split], processor, args.max_length)
         assert len(examples) > len(dialogues[split]) and max(len(e["input_ids"]) for e in examples) <= 48
         learned = sum(example["labels"].count(processor.token_ids["[EOS]"]) for example in examples)
         assert learned == sum(len(turns) - 1 for turns in dialogues[split]["turns"])
 
 
+@pytest.mark.slow
 def test_help_through_accelerate_launch():
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
     result = run_train("--help", launcher=launcher)
@@ -241,6 +326,7 @@ def stage_losses(output_dir: Path, key: str) -> list[float]:
     return [line[key] for line in lines if key in line]
 
 
+@pytest.mark.slow
 def test_imfe_then_cem_then_mod_each_stage_learns_and_picks_up_the_last(sample_dataset, tmp_path):
     common = ["--dataset", str(sample_dataset), "--meme_encoder", "test_efficientnet", "--logging_steps", "5"]
     imfe, cem, mod = tmp_path / "imfe", tmp_path / "cem", tmp_path / "mod"

@@ -28,6 +28,17 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file, save_file
 
 import train
+from mod_training import ArgumentError, TrainingError
+from mod_training.arguments import TrainArguments, parse_arguments
+from mod_training.checkpoints import (
+    checkpoint_step,
+    complete_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from mod_training.data import emotion_names
+from mod_training.model_setup import build_processor, load_meme_encoder_weights, load_or_create_model
 from modeling_mod_gpt import MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
@@ -136,6 +147,7 @@ def test_the_dataset_folder_is_never_an_output_folder(capsys, sample_dataset, ov
     datasets.load_dataset(str(sample_dataset), "dialogues")
 
 
+@pytest.mark.slow
 def test_an_earlier_run_is_kept_unless_replacing_it_is_asked(capsys, sample_dataset, baseline):
     before = snapshot(baseline)
     stderr = refusal(capsys, sample_dataset, baseline, "--max_steps", "1", "--save_total_limit", "2")
@@ -183,12 +195,13 @@ def diverging(baseline, run_args, tmp_path_factory) -> tuple[Path, subprocess.Co
     return output_dir, result
 
 
+@pytest.mark.slow
 def test_overwriting_an_earlier_run_leaves_nothing_of_it(diverging, baseline):
     output_dir, result = diverging
     assert result.returncode == 1, result.stderr[-3000:]
     marker = json.loads((output_dir / "training_run.json").read_text())
     assert marker["arguments"]["learning_rate"] == 1e6
-    steps = [train.checkpoint_step(checkpoint) for checkpoint in train.complete_checkpoints(output_dir)]
+    steps = [checkpoint_step(checkpoint) for checkpoint in complete_checkpoints(output_dir)]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 8  # its own checkpoints, none of the old run's
     assert all(record["step"] <= len(steps) for record in records(output_dir))
     assert not (output_dir / "config.json").exists()  # the old run's final model is gone; this run saved none
@@ -197,6 +210,7 @@ def test_overwriting_an_earlier_run_leaves_nothing_of_it(diverging, baseline):
 # Non-finite loss ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_diverging_run_skips_nonfinite_steps_stops_and_never_saves_them(diverging):
     output_dir, result = diverging
     assert result.returncode == 1, result.stderr[-3000:]
@@ -204,7 +218,7 @@ def test_a_diverging_run_skips_nonfinite_steps_stops_and_never_saves_them(diverg
     assert "Traceback" not in result.stderr
     logged = records(output_dir)  # strict JSON
     assert any(record.get("nonfinite_steps") for record in logged)
-    saved = [checkpoint / "model.safetensors" for checkpoint in train.complete_checkpoints(output_dir)]
+    saved = [checkpoint / "model.safetensors" for checkpoint in complete_checkpoints(output_dir)]
     assert len(saved) >= 2 and not (output_dir / "config.json").exists()
     for weights_file in saved:
         for name, tensor in load_file(weights_file).items():
@@ -214,13 +228,12 @@ def test_a_diverging_run_skips_nonfinite_steps_stops_and_never_saves_them(diverg
 def test_weights_that_are_not_finite_are_never_saved(model, processor, tmp_path):
     with torch.no_grad():
         model.segment_embeddings.weight[0, 0] = float("nan")
-    manager = train.CheckpointManager(accelerator=None, output_dir=tmp_path, limit=None, uploader=None)
-    with pytest.raises(train.TrainingError, match="refusing to save .*checkpoint-3: 1 weights are not finite"):
-        manager.save({"global_step": 3}, model)
+    with pytest.raises(TrainingError, match="refusing to save .*checkpoint-3: 1 weights are not finite"):
+        save_checkpoint(None, tmp_path, {"global_step": 3}, model)
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m)
-    args = train.TrainArguments(dataset="data", output_dir=str(tmp_path))
-    with pytest.raises(train.TrainingError, match="refusing to save .*best_model: 1 weights are not finite"):
-        train.save_final(accelerator, model, processor, tmp_path / "best_model", args, {"eval_loss": 1.0})
+    args = TrainArguments(dataset="data", output_dir=str(tmp_path))
+    with pytest.raises(TrainingError, match="refusing to save .*best_model: 1 weights are not finite"):
+        save_model(accelerator, model, processor, tmp_path / "best_model", args, {"eval_loss": 1.0})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -296,12 +309,12 @@ def test_an_arguments_file_is_typed_like_the_command_line_and_overridable(sample
         f"dataset: {sample_dataset}\noutput_dir: {tmp_path / 'out'}\nmax_steps: 5\npush_to_hub: false\n"
         "per_device_train_batch_size: '4'\nhub_model_id: null\nlogging_steps: 1\nlearning_rate: 1.0e-3\n"
     )
-    args = train.parse_arguments([str(arguments), "--max_steps", "7"])
+    args = parse_arguments([str(arguments), "--max_steps", "7"])
     assert (args.max_steps, args.per_device_train_batch_size, args.push_to_hub) == (7, 4, False)
     assert (args.logging_steps, args.learning_rate, args.hub_model_id) == (1, 1e-3, None)
     arguments.write_text(f"dataset: {sample_dataset}\noutput_dir: out\nper_device_train_batch_size: eight\n")
-    with pytest.raises(train.ArgumentError, match="--per_device_train_batch_size.*: invalid int value: 'eight'"):
-        train.parse_arguments([str(arguments)])
+    with pytest.raises(ArgumentError, match="--per_device_train_batch_size.*: invalid int value: 'eight'"):
+        parse_arguments([str(arguments)])
 
 
 @pytest.mark.parametrize(
@@ -363,7 +376,7 @@ def resumed(baseline, run_args, tmp_path_factory) -> SimpleNamespace:
     (output_dir / "checkpoint-24" / "model.safetensors").write_bytes(b"truncated")
     resume = [*run_args, "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
     status = run_until_first_log_then_sigterm(resume, output_dir, folder / "stderr.txt")
-    stopped = train.complete_checkpoints(output_dir)[-1]
+    stopped = complete_checkpoints(output_dir)[-1]
     final_model_after_stop = (output_dir / "config.json").exists()
     result = run_train(*resume)
     return SimpleNamespace(
@@ -376,6 +389,7 @@ def resumed(baseline, run_args, tmp_path_factory) -> SimpleNamespace:
     )
 
 
+@pytest.mark.slow
 def test_resuming_mid_epoch_ends_bitwise_where_the_uninterrupted_run_ends(resumed, baseline):
     assert resumed.result.returncode == 0, resumed.result.stderr[-3000:]
     assert_same_weights(resumed.output_dir / "model.safetensors", baseline / "model.safetensors")
@@ -383,9 +397,10 @@ def test_resuming_mid_epoch_ends_bitwise_where_the_uninterrupted_run_ends(resume
     assert records(resumed.output_dir) == [record for record in records(baseline) if record["step"] > 16]
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(resumed):
     assert resumed.sigterm_status == 143, resumed.sigterm_stderr[-3000:]
-    step = train.checkpoint_step(resumed.stopped)
+    step = checkpoint_step(resumed.stopped)
     assert 18 <= step < 24 and not resumed.final_model_after_stop
     assert f"train.py: stopped by SIGTERM after step {step}; saved {resumed.stopped}" in resumed.sigterm_stderr
     assert "--resume_from_checkpoint latest" in resumed.sigterm_stderr
@@ -394,6 +409,7 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(resumed):
 # Damaged checkpoints ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged_file", ["model.safetensors", "optimizer.bin"])
 def test_a_damaged_latest_checkpoint_is_named_and_passed_over_on_request(
     capsys, caplog, baseline, sample_dataset, tmp_path, damaged_file
@@ -409,8 +425,8 @@ def test_a_damaged_latest_checkpoint_is_named_and_passed_over_on_request(
     assert status == 2, stderr[-3000:]
     assert f"{damaged} has" in stderr and f"--resume_from_checkpoint {run / 'checkpoint-16'}" in stderr
     assert "--skip_corrupt_checkpoints" in stderr
-    with caplog.at_level(logging.WARNING, logger="train"):
-        assert train.resolve_checkpoint("latest", run, skip_damaged=True) == run / "checkpoint-16"
+    with caplog.at_level(logging.WARNING, logger="mod_training.checkpoints"):
+        assert resolve_checkpoint("latest", run, skip_damaged=True) == run / "checkpoint-16"
     assert str(damaged) in caplog.text
 
 
@@ -456,14 +472,14 @@ def test_an_interrupted_save_leaves_the_old_model_or_the_new_one(model, processo
             parameter.add_(1.0)
     versions = {m.config.head_dropout: m.state_dict() for m in (old, new)}
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m)
-    args = train.TrainArguments(dataset="data", output_dir=str(tmp_path))
+    args = TrainArguments(dataset="data", output_dir=str(tmp_path))
     for interruption in range(1, 200):
         folder = tmp_path / f"model-{interruption}"
-        train.save_final(accelerator, old, processor, folder, args, {"eval_loss": 1.0})
+        save_model(accelerator, old, processor, folder, args, {"eval_loss": 1.0})
         with monkeypatch.context() as patch:
             interrupt_file_operations(patch, folder, interruption)
             try:
-                train.save_final(accelerator, new, processor, folder, args, {"eval_loss": 0.5})
+                save_model(accelerator, new, processor, folder, args, {"eval_loss": 0.5})
             except Interrupted:
                 assert saved_version(folder, versions) in (0.1, 0.25)
                 continue
@@ -482,11 +498,12 @@ import json
 import os
 
 import huggingface_hub
+from huggingface_hub.hf_api import future_compatible
 
 
 def recording(name):
     def method(self, *args, **kwargs):
-        kwargs = {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in kwargs.items()}
+        kwargs = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in kwargs.items() if k != "run_as_future"}
         with open(os.environ["HUB_CALLS"], "a") as stream:
             stream.write(json.dumps({"method": name, "args": args, "kwargs": kwargs}) + "\\n")
 
@@ -494,7 +511,8 @@ def recording(name):
 
 
 huggingface_hub.HfApi.create_repo = recording("create_repo")
-huggingface_hub.HfApi.upload_folder = recording("upload_folder")
+# Run in the client's background thread, as the real one is with `run_as_future=True`.
+huggingface_hub.HfApi.upload_folder = future_compatible(recording("upload_folder"))
 """
 
 
@@ -530,6 +548,7 @@ def uploaded_files(upload: dict) -> set[str]:
     return {f"{upload['path_in_repo']}/{path}" if upload.get("path_in_repo") else path for path in kept}
 
 
+@pytest.mark.slow
 def test_the_hub_gets_each_checkpoint_and_a_final_upload_of_the_model_alone(pushed):
     output_dir = pushed.output_dir
     assert {call["method"] for call in pushed.calls} == {"create_repo", "upload_folder"}
@@ -550,6 +569,7 @@ def test_the_hub_gets_each_checkpoint_and_a_final_upload_of_the_model_alone(push
     assert uploaded_files(uploads[2]) == model_files
 
 
+@pytest.mark.slow
 def test_a_model_trained_from_a_meme_encoder_file_loads_without_it(pushed):
     pushed.encoder_file.unlink()
     assert not json.loads((pushed.output_dir / "config.json").read_text()).get("meme_encoder_checkpoint")
@@ -570,8 +590,8 @@ def test_a_saved_config_still_naming_a_missing_encoder_file_loads(model, tmp_pat
 def test_a_meme_encoder_file_of_another_model_is_refused(tmp_path):
     save_file({"stem.weight": torch.zeros(1)}, tmp_path / "other.safetensors")
     encoder = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
-    with pytest.raises(train.ArgumentError, match="other.safetensors' .*(cannot load it|does not fit)"):
-        train.load_meme_encoder_weights(encoder, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ArgumentError, match="other.safetensors' .*(cannot load it|does not fit)"):
+        load_meme_encoder_weights(encoder, str(tmp_path / "other.safetensors"))
 
 
 # --init_from ------------------------------------------------------------------------------------------------------
@@ -591,15 +611,16 @@ def trapped_model(baseline, tmp_path_factory) -> tuple[Path, Path]:
     return model, ran
 
 
+@pytest.mark.slow
 def test_init_from_a_mod_gpt_folder_never_runs_its_code_unless_trusted(trapped_model, sample_dataset):
     model_folder, ran = trapped_model
     dialogues = datasets.load_dataset(str(sample_dataset), "dialogues")
-    args = train.TrainArguments(dataset=str(sample_dataset), output_dir="unused", init_from=str(model_folder))
-    processor = train.build_processor(args, dialogues)
-    model = train.load_or_create_model(args, processor, train.emotion_names(dialogues), memes=None)
+    args = TrainArguments(dataset=str(sample_dataset), output_dir="unused", init_from=str(model_folder))
+    processor = build_processor(args, dialogues)
+    model = load_or_create_model(args, processor, emotion_names(dialogues), memes=None)
     assert not ran.exists()
     assert type(processor) is MODProcessor and type(model) is MODGPTForMemeDialogue
-    trusted = train.build_processor(dataclasses.replace(args, trust_remote_code=True), dialogues)
+    trusted = build_processor(dataclasses.replace(args, trust_remote_code=True), dialogues)
     assert ran.exists()  # the folder's own code, which the user trusted
     assert trusted.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert trusted.image_processor.to_dict() == processor.image_processor.to_dict()

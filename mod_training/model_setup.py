@@ -1,0 +1,175 @@
+"""The processor and model of a run: loaded from --init_from or made anew, with the dataset's memes in the bank."""
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import timm
+import torch
+from torch import nn
+from transformers import AutoModel, AutoProcessor, BertTokenizer
+
+from configuration_mod_gpt import MODGPTConfig
+from modeling_mod_gpt import MODGPTForMemeDialogue
+from processing_mod import MemeImageProcessor, MODProcessor
+
+from . import ArgumentError
+from .arguments import TASK_LOSS_WEIGHTS, TrainArguments, is_mod_checkpoint, read_model_config
+from .data import emotion_names
+
+
+def load_mod_processor(folder: str, trust_remote_code: bool) -> MODProcessor:
+    """
+    The processor of a saved MOD-GPT model, read by this package's own classes: the copies of the code that the
+    folder holds run only when the user trusts them (`AutoProcessor` would import them).
+    """
+    if trust_remote_code:
+        return AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    settings, kwargs = MODProcessor.get_processor_dict(folder)
+    parts = [MemeImageProcessor.from_pretrained(folder), BertTokenizer.from_pretrained(folder)]
+    return MODProcessor.from_args_and_dict(parts, settings, **kwargs)
+
+
+def build_processor(args: TrainArguments, dialogues: datasets.DatasetDict) -> MODProcessor:
+    names = emotion_names(dialogues)
+    if is_mod_checkpoint(args.init_from):
+        processor = load_mod_processor(args.init_from, args.trust_remote_code)
+    elif args.init_from is not None and (Path(args.init_from) / "vocab.txt").exists():
+        processor = MODProcessor.from_vocab(args.init_from, meme_encoder_name=args.meme_encoder)
+    else:
+        texts = (turn["text"] for turn_list in dialogues["train"]["turns"] for turn in turn_list if turn["text"])
+        processor = MODProcessor.from_corpus(texts, vocab_size=args.vocab_size, meme_encoder_name=args.meme_encoder)
+    processor.max_length, processor.emotion_names = args.max_length, names
+    return processor
+
+
+def build_model(
+    args: TrainArguments, processor: MODProcessor, names: list[str], memes: datasets.Dataset
+) -> MODGPTForMemeDialogue:
+    model = load_or_create_model(args, processor, names, memes)
+    model.config.update({f"{part}_loss_weight": weight for part, weight in TASK_LOSS_WEIGHTS[args.task].items()})
+    return model
+
+
+def load_or_create_model(
+    args: TrainArguments, processor: MODProcessor, names: list[str], memes: datasets.Dataset
+) -> MODGPTForMemeDialogue:
+    if is_mod_checkpoint(args.init_from):
+        if args.trust_remote_code:
+            return AutoModel.from_pretrained(args.init_from, trust_remote_code=True)
+        return MODGPTForMemeDialogue.from_pretrained(args.init_from)
+    mod_kwargs = dict(
+        **meme_encoder_kwargs(args, memes),
+        meme_feature_normalization="rms" if args.normalize_meme_features else args.meme_feature_normalization,
+        meme_loss=args.meme_loss,
+        meme_loss_temperature=args.meme_loss_temperature,
+        freeze_meme_encoder=not args.train_meme_encoder,
+        num_emotions=len(names),
+        emotion_names=names,
+        **processor.special_token_ids,
+    )
+    if args.init_from is not None:
+        try:
+            model = MODGPTForMemeDialogue.from_text_backbone(
+                args.init_from, vocab_size=len(processor.tokenizer), **mod_kwargs
+            )
+        except (OSError, ValueError) as error:
+            raise ArgumentError(f"--init_from {args.init_from!r}: not a GPT-2 or CDial-GPT model ({error})") from error
+    else:
+        model = model_from_config(args.model_config, len(processor.tokenizer), mod_kwargs)
+    if args.meme_encoder_checkpoint:
+        load_meme_encoder_weights(model.meme_encoder, args.meme_encoder_checkpoint)
+    return model
+
+
+def model_from_config(value: str, vocab_size: int, mod_kwargs: dict[str, Any]) -> MODGPTForMemeDialogue:
+    """A new model from --model_config; a whole MOD-GPT config also sets the heads (the run's arguments win)."""
+    text_config = read_model_config(value)
+    if text_config.get("model_type") == MODGPTConfig.model_type:
+        mod_kwargs = {**{k: v for k, v in text_config.items() if k != "text_config"}, **mod_kwargs}
+        text_config = text_config["text_config"]
+    try:
+        config = MODGPTConfig(text_config={**text_config, "vocab_size": vocab_size}, **mod_kwargs)
+        return MODGPTForMemeDialogue(config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ArgumentError(f"--model_config {value!r}: not a valid configuration ({error}).") from error
+
+
+def load_meme_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """
+    Load timm weights into a meme encoder. The checkpoint's classifier (an IMFE stage's, or ImageNet's) is left out;
+    any other key the encoder lacks or misses is an error, so that weights of another architecture are never
+    silently ignored. Only the weights enter the model: its config does not keep the path.
+    """
+    classifier = encoder.pretrained_cfg.get("classifier", "classifier")
+    try:
+        weights = timm.models.load_state_dict(path)
+        weights = {k: v for k, v in weights.items() if not k.startswith(f"{classifier}.")}
+        missing, unexpected = encoder.load_state_dict(weights, strict=False)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ArgumentError(
+            f"--meme_encoder_checkpoint {path!r}: cannot load it into the encoder ({error})"
+        ) from error
+    missing = [key for key in missing if not key.startswith(f"{classifier}.")]
+    if missing or unexpected:
+        raise ArgumentError(
+            f"--meme_encoder_checkpoint {path!r} does not fit the meme encoder: it lacks {missing[:3]} and has "
+            f"unknown {unexpected[:3]} ({len(missing)} and {len(unexpected)} keys)."
+        )
+
+
+def meme_encoder_kwargs(args: TrainArguments, memes: datasets.Dataset) -> dict[str, Any]:
+    """The config's meme encoder: the timm model of --meme_encoder, or none for the release's precomputed features."""
+    if args.meme_features == "release":
+        return dict(meme_encoder_name=None, meme_feature_size=len(release_meme_features(args.dataset, memes)[0]))
+    return dict(
+        meme_encoder_name=args.meme_encoder,
+        meme_feature_size=MODGPTForMemeDialogue.encoder_feature_size(args.meme_encoder),
+    )
+
+
+def release_meme_features(dataset: str, memes: datasets.Dataset) -> torch.Tensor:
+    """The organisers' feature vector of every meme (the `feature` column the dataset builder takes from id2feature.json)."""
+    if "feature" not in memes.column_names:
+        raise ArgumentError(
+            f"--meme_features release: the memes of dataset {dataset!r} have no `feature` column, so its release "
+            "had no id2feature.json. Rebuild the dataset from a release that has it, or use --meme_features encoder."
+        )
+    features = memes["feature"]
+    missing = [meme for meme, feature in zip(memes["meme_id"], features) if feature is None]
+    if missing:
+        raise ArgumentError(
+            f"--meme_features release: memes {missing} of dataset {dataset!r} have no feature in id2feature.json."
+        )
+    return torch.tensor(features, dtype=torch.float32)
+
+
+@torch.no_grad()
+def raw_meme_features(
+    args: TrainArguments, model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset, batch_size=64
+) -> torch.Tensor:
+    """Every meme's raw feature: the release's vector, or the frozen encoder's output, computed once."""
+    if args.meme_features not in ("encoder", "release"):
+        raise ArgumentError(f"--meme_features {args.meme_features!r}: use 'encoder' or 'release'.")
+    if (model.meme_encoder is None) != (args.meme_features == "release"):
+        fits = "release (it has no meme encoder)" if model.meme_encoder is None else "encoder (it has a meme encoder)"
+        raise ArgumentError(f"--init_from {args.init_from!r} is trained with --meme_features {fits}.")
+    if args.meme_features == "release":
+        return release_meme_features(args.dataset, memes)
+    batches = (memes[start : start + batch_size]["image"] for start in range(0, len(memes), batch_size))
+    return torch.cat(
+        [model.encode_meme_images(processor.image_processor(images)["pixel_values"]) for images in batches]
+    )
+
+
+def fill_meme_bank(
+    args: TrainArguments, model: MODGPTForMemeDialogue, processor: MODProcessor, memes: datasets.Dataset
+) -> None:
+    """
+    Put every meme into the model's meme bank, the feature cache of the run. A new model first fits its feature
+    normalisation to them; one loaded from a checkpoint keeps the statistics its bank was made with.
+    """
+    features = raw_meme_features(args, model, processor, memes)
+    if not model.meme_bank_ids:
+        model.fit_meme_feature_normalization(features)
+    model.add_memes(memes["meme_id"], meme_features=features)
