@@ -14,6 +14,7 @@ logger = logging.get_logger(__name__)
 CDIAL_GPT_VOCAB_SIZE = 13088
 SPECIAL_TOKENS = ("[BOS]", "[EOS]", "[PAD]", "[speaker1]", "[speaker2]", "[IMG]", "[TAG]")
 SEGMENTS = ("speaker1", "speaker2", "meme")
+IGNORE_INDEX = -100  # label of positions that no loss reads (torch's cross-entropy default)
 DEFAULT_MEME_ENCODER = "efficientnet_b0"
 # The special tokens the decoder's own config also names.
 DECODER_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from processing_mod import IGNORE_INDEX
+from configuration_mod_gpt import IGNORE_INDEX
 
 # What `validation_sums` adds up per example, in its column order.
 VALIDATION_SUMS = ("nll", "tokens", "usage_correct", "usage_labelled", "retrieval_hits", "memes")

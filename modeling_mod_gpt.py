@@ -20,13 +20,12 @@ from transformers.models.timm_wrapper import TimmWrapperModel
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 try:
-    from .configuration_mod_gpt import LOSS_WEIGHTS, MODGPTConfig
+    from .configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
 except ImportError:
-    from configuration_mod_gpt import LOSS_WEIGHTS, MODGPTConfig
+    from configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
 
 
 logger = logging.get_logger(__name__)
-IGNORE_INDEX = -100
 DIALOGUE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "meme_features")
 DEFAULT_NUM_MEMES = 5
 

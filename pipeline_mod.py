@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel, AutoProcessor, Pipeline, PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -144,7 +145,8 @@ def model_source(model: str) -> str:
 def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """
     The config of a saved MOD-GPT (see `model_source`). Without `trust_remote_code`, only a MOD-GPT folder (config.json
-    with model_type "mod_gpt") is taken, read with this package's `MODGPTConfig`.
+    with model_type "mod_gpt") is taken, read with this package's `MODGPTConfig`. A config whose values do not pass the
+    config's checks is a `ValueError` naming the folder.
     """
     source = model_source(model)
     if trust_remote_code:
@@ -155,7 +157,10 @@ def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> Pretrain
             f"{model!r} is not a MOD-GPT model (config.json has model_type {json.dumps(model_type)}, not "
             f'"{MODGPTConfig.model_type}"); run its own code only if you trust it (trust_remote_code).'
         )
-    return MODGPTConfig.from_pretrained(source)
+    try:
+        return MODGPTConfig.from_pretrained(source)
+    except StrictDataclassError as error:
+        raise ValueError(f"{model!r}: config.json is not a valid MOD-GPT config ({error})") from error
 
 
 def load_mod_gpt(

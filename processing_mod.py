@@ -15,12 +15,11 @@ from transformers import BatchFeature, BertTokenizer, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 try:
-    from .configuration_mod_gpt import SEGMENTS, SPECIAL_TOKENS
+    from .configuration_mod_gpt import IGNORE_INDEX, SEGMENTS, SPECIAL_TOKENS
 except ImportError:
-    from configuration_mod_gpt import SEGMENTS, SPECIAL_TOKENS
+    from configuration_mod_gpt import IGNORE_INDEX, SEGMENTS, SPECIAL_TOKENS
 
 
-IGNORE_INDEX = -100
 SPEAKERS = ("speaker1", "speaker2")
 DIALOGUE_SPECIAL_TOKENS = {
     "bos_token": "[BOS]",

@@ -53,6 +53,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from configuration_mod_gpt import IGNORE_INDEX
 from mod_scoring import VALIDATION_SUMS, validation_metrics, validation_sums
 from mod_training import ArgumentError, TrainingError
 from mod_training.arguments import TrainArguments, parse_arguments
@@ -78,7 +79,6 @@ from mod_training.data import (
 from mod_training.hub import start_hub_repo, upload, wait_for_uploads
 from mod_training.model_setup import build_model, build_processor, fill_meme_bank, load_meme_encoder_weights
 from mod_training.run_folder import MODEL_LINK, append_metrics, start_run_folder
-from processing_mod import IGNORE_INDEX
 
 logger = get_logger("train")
 

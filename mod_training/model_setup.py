@@ -6,6 +6,7 @@ from typing import Any
 import datasets
 import timm
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoModel, AutoProcessor, BertTokenizer
 
@@ -78,7 +79,7 @@ def load_or_create_model(
     else:
         model = model_from_config(args.model_config, len(processor.tokenizer), mod_kwargs)
     if args.meme_encoder_checkpoint:
-        load_meme_encoder_weights(model.meme_encoder, args.meme_encoder_checkpoint)
+        load_meme_encoder_weights(model.meme_encoder.timm_model, args.meme_encoder_checkpoint)
     return model
 
 
@@ -91,7 +92,7 @@ def model_from_config(value: str, vocab_size: int, mod_kwargs: dict[str, Any]) -
     try:
         config = MODGPTConfig(text_config={**text_config, "vocab_size": vocab_size}, **mod_kwargs)
         return MODGPTForMemeDialogue(config)
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, StrictDataclassError) as error:
         raise ArgumentError(f"--model_config {value!r}: not a valid configuration ({error}).") from error
 
 

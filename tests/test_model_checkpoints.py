@@ -19,7 +19,7 @@ from transformers.utils.logging import warning_once
 
 from configuration_mod_gpt import MODGPTConfig
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from pipeline_mod import load_mod_gpt
+from pipeline_mod import load_mod_gpt, load_mod_gpt_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mod_gpt_v0"
 REFERENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -179,3 +179,12 @@ def test_the_warning_check_sees_a_decoder_token_warning(caplog):
     with propagating_transformers_logs(caplog):
         transformers.GPT2Config(vocab_size=89)
     assert "bos_token_id must be `None` or an integer within the vocabulary" in caplog.text
+
+
+def test_a_config_with_a_value_of_the_wrong_type_is_a_value_error_naming_folder_and_field(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURE, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "head_dropout": "lots"}))
+    with pytest.raises(ValueError, match=r"model'?: config.json is not a valid MOD-GPT config.*head_dropout"):
+        load_mod_gpt_config(str(folder))
