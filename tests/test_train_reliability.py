@@ -227,7 +227,7 @@ def test_a_diverging_run_skips_nonfinite_steps_stops_and_never_saves_them(diverg
 
 def test_weights_that_are_not_finite_are_never_saved(model, processor, tmp_path):
     with torch.no_grad():
-        model.segment_embeddings.weight[0, 0] = float("nan")
+        model.model.segment_embeddings.weight[0, 0] = float("nan")
     with pytest.raises(TrainingError, match="refusing to save .*checkpoint-3: 1 weights are not finite"):
         save_checkpoint(None, tmp_path, {"global_step": 3}, model)
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m)
@@ -445,6 +445,12 @@ def saved_version(folder: Path, versions: dict[float, dict[str, torch.Tensor]]) 
     return version
 
 
+def saved_weights(model, folder: Path) -> dict[str, torch.Tensor]:
+    """The weights as `save_pretrained` writes them (in the checkpoint layout, tied weights once)."""
+    model.save_pretrained(folder)
+    return load_file(folder / "model.safetensors")
+
+
 def interrupt_file_operations(patch: pytest.MonkeyPatch, folder: Path, at: int) -> None:
     """Make the `at`-th file operation on `folder` or one of its entries raise `Interrupted`."""
     count = itertools.count(1)
@@ -470,7 +476,9 @@ def test_an_interrupted_save_leaves_the_old_model_or_the_new_one(model, processo
     with torch.no_grad():
         for parameter in new.parameters():
             parameter.add_(1.0)
-    versions = {m.config.head_dropout: m.state_dict() for m in (old, new)}
+    versions = {
+        m.config.head_dropout: saved_weights(m, tmp_path / f"reference-{index}") for index, m in enumerate((old, new))
+    }
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m)
     args = TrainArguments(dataset="data", output_dir=str(tmp_path))
     for interruption in range(1, 200):
@@ -487,7 +495,7 @@ def test_an_interrupted_save_leaves_the_old_model_or_the_new_one(model, processo
         break
     assert interruption > 1  # the save was interrupted at least once
     loaded = MODGPTForMemeDialogue.from_pretrained(folder)
-    assert torch.equal(loaded.segment_embeddings.weight, new.segment_embeddings.weight)
+    assert torch.equal(loaded.model.segment_embeddings.weight, new.model.segment_embeddings.weight)
 
 
 # Hub uploads and meme encoder files -----------------------------------------------------------------------------

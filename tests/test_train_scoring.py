@@ -71,10 +71,14 @@ def test_validation_sums_count_every_example_once_and_rank_its_memes_against_its
     batch = validation_batch(model, processor)
     outputs = forward_without_labels(model, batch)
     most = max(sum(turn["meme"] is not None for turn in turns[1:]) for turns in DIALOGUES)
-    # Each meme against 9 copies of one bank row, so that some rank first and some do not; the second meme of the
-    # first dialogue ("003") against itself, which then is no negative at all.
+    # Each meme against 9 copies of one bank row. The first meme of the first dialogue (turn 1) against a bank row
+    # set to the prediction at its [TAG], so it misses; its second ("003") against itself, which then is no negative
+    # at all, so it hits.
     negatives = (torch.arange(len(DIALOGUES) * most).view(-1, most, 1) % len(model.meme_bank_ids)).expand(-1, -1, 9)
     negatives = negatives.clone()
+    unused = model.meme_bank_ids.index("000")
+    model.meme_bank_features[unused] = outputs.meme_predictions[1].detach()
+    negatives[0, 0] = unused
     negatives[0, 1] = model.meme_bank_ids.index("003")
     sums = validation_sums(model, outputs, batch, negatives)
     assert sums.shape == (len(DIALOGUES), len(VALIDATION_SUMS)) and sums.dtype == torch.float64
