@@ -37,8 +37,9 @@ demo: install
 	printf '%s\n' '今天考试考砸了' '太好了，我们去吃火锅吧' '#000' '/quit' | \
 		$(BIN)/python chat.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
 
+# Every row at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
-	$(BIN)/python -m benchmarks --size base --output BENCHMARKS.json
+	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json
 
 lint: install
 	$(BIN)/ruff check --fix .

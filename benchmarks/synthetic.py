@@ -71,8 +71,8 @@ SIZES = {
     ),
 }
 WORKLOADS = {
-    "tiny": Workload(1 / 500, 1, 2, 2, 1 / 500, 1 / 500, 1),
-    "base": Workload(1 / 8, 1, 16, 16, 1.0, 1.0, 16),
+    "tiny": Workload(1 / 500, 1, 4, 2, 1 / 500, 1 / 500, 1),
+    "base": Workload(1 / 8, 1, 64, 16, 1.0, 1.0, 16),
 }
 SCALING_SIZE = "tiny"  # the model of the scaling rows, whatever the size of the run
 

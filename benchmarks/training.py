@@ -192,8 +192,8 @@ def training_rows(model: MODGPTForMemeDialogue, work: TrainingWork, repeats: int
         a=Stats.of([counts.per_labelled("packed windows")]),
         b_name="padding-free rows",
         b=Stats.of([counts.per_labelled("padding-free rows")]),
-        ratio_name="padding share of B",
-        ratio=Stats.of([counts.padding_free_padding]),
+        ratio_name="padding share of A",
+        ratio=Stats.of([counts.padded_padding]),
         targets={"ratio": ("<=", 0.05)},
         checks_passed=packing_gap <= LOSS_TOLERANCE,
         notes=[
