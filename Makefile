@@ -41,8 +41,9 @@ demo: install
 app: install
 	$(BIN)/python app.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
 
+# Every row at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
-	$(BIN)/python -m benchmarks --size base --output BENCHMARKS.json
+	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json
 
 lint: install
 	$(BIN)/ruff check --fix .

@@ -443,7 +443,8 @@ class MODGPTModel(MODGPTPreTrainedModel):
             meme_features = inputs_embeds.new_zeros((0, self.config.meme_feature_size))
         image_mask = self.get_placeholder_mask(input_ids, meme_features)
         meme_embeds = self.meme_projector(meme_features.to(inputs_embeds.dtype))
-        inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), meme_embeds)
+        # Under autocast the projector's output is in the autocast dtype while the embeddings stay in theirs.
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), meme_embeds.to(inputs_embeds.dtype))
         if token_type_ids is not None:
             inputs_embeds = inputs_embeds + self.segment_embeddings(token_type_ids)
 

@@ -40,6 +40,7 @@ def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: i
     same = torch.equal(outputs[True], outputs[False])
     new_tokens = outputs[True].shape[1] - prompt["input_ids"].shape[1]
     return Row(
+        key="generation-cache",
         title=f"Generation: {NEW_TOKENS} greedy tokens after a {HISTORY_LENGTH}-token history, KV cache vs none",
         unit="ms",
         a_name="use_cache=False",
@@ -48,7 +49,7 @@ def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: i
         b=Stats.of(times["cache"]).scaled(1000),
         ratio_name="speed-up",
         ratio=Stats.of_ratios(times["no cache"], times["cache"]),
-        target=(">=", 3.0),
+        targets={"ratio": (">=", 3.0)},
         checks_passed=same and new_tokens == NEW_TOKENS,
         notes=[f"{new_tokens} new tokens, {'identical' if same else 'DIFFERENT'} with and without the cache"],
     )
@@ -88,6 +89,7 @@ def retrieval(model: MODGPTForMemeDialogue, repeats: int, seed: int = 0) -> Row:
     same_top = sum(by_loop[0] == by_model[0] for by_loop, by_model in zip(ranked["loop"], ranked["model"]))
     milliseconds = {name: Stats.of(values).median * 1000 for name, values in times.items()}
     return Row(
+        key="retrieval",
         title=f"Meme retrieval: {RETRIEVAL_BATCH} predictions x {len(bank_ids):,} memes, ranked",
         unit="ms",
         a_name="per-candidate loop",

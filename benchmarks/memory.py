@@ -1,10 +1,7 @@
-"""Row 6: peak memory of training steps with and without gradient checkpointing, each in a fresh process.
+"""Peak memory of training steps with and without gradient checkpointing, each in a fresh process.
 
-CPU tensors are invisible to `tracemalloc` and torch keeps no CPU allocator statistics, so the figure is the
-process's resident-set high-water mark. It is read as `VmHWM` from `/proc/self/status` (Linux), reset after setup
-through `/proc/self/clear_refs`: `getrusage(...).ru_maxrss` would carry the launching process's larger mark over
-fork and exec. Run alone it measures one variant: `python -m benchmarks.memory --size base
-[--gradient-checkpointing]` prints a JSON line.
+The figure is the process's resident-set high-water mark (see `resident`), reset after setup. Run alone it measures
+one variant: `python -m benchmarks.memory --size base [--gradient_checkpointing]` prints a JSON line.
 """
 
 import argparse
@@ -14,8 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from modeling_mod_gpt import MODGPTForMemeDialogue
+from processing_mod import MODProcessor
+
 from .report import Row
-from .steps import model_inputs, training_step
+from .resident import memory_status_mib, reset_peak_rss
+from .steps import Batch, model_inputs, training_step
 from .synthetic import SIZES, build_model, build_processor, dialogue_of_length
 from .timing import Stats
 
@@ -25,27 +28,21 @@ STEPS = 2  # the second step holds the optimizer state as well as the activation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def memory_status_mib(field: str) -> float:
-    """A memory field of `/proc/self/status` (`VmRSS`, `VmHWM`), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024  # reported in kB
-    raise RuntimeError(f"/proc/self/status has no {field} line.")
+def memory_batch(model: MODGPTForMemeDialogue, processor: MODProcessor, seed: int = 0) -> Batch:
+    """8 dialogues of exactly 256 tokens, their memes' features looked up."""
+    rng = random.Random(seed)
+    return model_inputs(model, processor([dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)]))
 
 
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size to the current one
-
-
-def measure(size_name: str, gradient_checkpointing: bool) -> dict[str, float]:
+def measure(size_name: str, gradient_checkpointing: bool, threads: int) -> dict[str, float]:
     """Resident memory before, and its peak during, `STEPS` training steps on 8 x 256 tokens."""
+    torch.set_num_threads(threads)
     size = SIZES[size_name]
     processor = build_processor(size)
     model = build_model(size, processor).train()
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    rng = random.Random(0)
-    batch = model_inputs(model, processor([dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)]))
+    batch = memory_batch(model, processor)
     step = training_step(model)
     before = memory_status_mib("VmRSS")
     reset_peak_rss()
@@ -54,18 +51,19 @@ def measure(size_name: str, gradient_checkpointing: bool) -> dict[str, float]:
     return {"before_mib": before, "peak_mib": memory_status_mib("VmHWM")}
 
 
-def measure_in_subprocess(size_name: str, gradient_checkpointing: bool) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.memory", "--size", size_name]
+def measure_in_subprocess(size_name: str, gradient_checkpointing: bool, threads: int) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.memory", "--size", size_name, "--threads", str(threads)]
     if gradient_checkpointing:
-        command.append("--gradient-checkpointing")
+        command.append("--gradient_checkpointing")
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def peak_memory(size_name: str) -> Row:
-    plain = measure_in_subprocess(size_name, gradient_checkpointing=False)
-    checkpointed = measure_in_subprocess(size_name, gradient_checkpointing=True)
+def peak_memory(size_name: str, threads: int) -> Row:
+    plain = measure_in_subprocess(size_name, gradient_checkpointing=False, threads=threads)
+    checkpointed = measure_in_subprocess(size_name, gradient_checkpointing=True, threads=threads)
     return Row(
+        key="memory",
         title=f"Peak memory of training steps ({BATCH_SIZE} x {SEQUENCE_LENGTH} tokens), gradient checkpointing",
         unit="MiB",
         a_name="without",
@@ -85,9 +83,10 @@ def peak_memory(size_name: str) -> Row:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient_checkpointing", "--gradient-checkpointing", action="store_true")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.size, args.gradient_checkpointing)))
+    print(json.dumps(measure(args.size, args.gradient_checkpointing, args.threads)))
 
 
 if __name__ == "__main__":

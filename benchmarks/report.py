@@ -12,11 +12,18 @@ import transformers
 
 from .timing import Stats
 
+FIGURES = ("a", "b", "ratio")
+
 
 @dataclass
 class Row:
-    """Two sides measured in turn (A: the baseline's way or the reference, B: ours) and the ratio of each pair."""
+    """
+    Two sides measured in turn (A: the baseline's way or the reference, B: ours) and a figure derived from each pair
+    (a ratio, or another figure of the pair with its own unit). `targets` bounds any of the three figures ("a", "b",
+    "ratio") with an operator (">=" or "<=") and a bound.
+    """
 
+    key: str
     title: str
     unit: str
     a_name: str
@@ -25,18 +32,34 @@ class Row:
     b: Stats
     ratio_name: str
     ratio: Stats
-    target: tuple[str, float] | None = None
+    ratio_unit: str = ""
+    targets: dict[str, tuple[str, float]] = field(default_factory=dict)
     checks_passed: bool = True
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.targets) - set(FIGURES)
+        if unknown:
+            raise ValueError(f"Row {self.key!r}: targets name unknown figures {sorted(unknown)}; use {FIGURES}.")
+
     @property
     def met(self) -> bool | None:
-        """Whether the median ratio reaches the target and the row's correctness checks passed."""
-        if self.target is None:
+        """Whether every target's median reaches its bound and the row's correctness checks passed."""
+        if not self.targets:
             return None
-        operator, bound = self.target
-        reached = self.ratio.median >= bound if operator == ">=" else self.ratio.median <= bound
-        return reached and self.checks_passed
+        reached = [
+            getattr(self, figure).median >= bound if operator == ">=" else getattr(self, figure).median <= bound
+            for figure, (operator, bound) in self.targets.items()
+        ]
+        return all(reached) and self.checks_passed
+
+    def figure_label(self, figure: str) -> tuple[str, str]:
+        """The name and unit under which a figure is shown."""
+        return {
+            "a": (self.a_name, self.unit),
+            "b": (self.b_name, self.unit),
+            "ratio": (self.ratio_name, self.ratio_unit),
+        }[figure]
 
 
 def number(value: float) -> str:
@@ -52,17 +75,28 @@ def verdict(row: Row) -> str:
     return {None: "–", True: "yes", False: "**no**"}[row.met]
 
 
+def target_text(row: Row) -> str:
+    """A ratio's target as `>= 5`, another figure's with its name and unit: `build <= 120 s`."""
+    parts = []
+    for figure, (operator, bound) in row.targets.items():
+        name, unit = row.figure_label(figure)
+        bound_text = f"{bound:,g}" + (f" {unit}" if unit else "")
+        parts.append(
+            f"{operator} {bound_text}" if figure == "ratio" and not unit else f"{name} {operator} {bound_text}"
+        )
+    return "; ".join(parts) or "–"
+
+
 def markdown_table(rows: list[Row]) -> str:
     lines = [
         "| # | benchmark | A | B | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
     ]
     for index, row in enumerate(rows, start=1):
-        target = f"{row.target[0]} {row.target[1]:g}" if row.target else "–"
         lines.append(
             f"| {index} | {row.title} | {row.a_name}: {spread(row.a, row.unit)} | "
-            f"{row.b_name}: {spread(row.b, row.unit)} | {row.ratio_name} {spread(row.ratio)} | {target} | "
-            f"{verdict(row)} |"
+            f"{row.b_name}: {spread(row.b, row.unit)} | {row.ratio_name} {spread(row.ratio, row.ratio_unit)} | "
+            f"{target_text(row)} | {verdict(row)} |"
         )
     notes = [f"{index}. {'; '.join(row.notes)}" for index, row in enumerate(rows, start=1) if row.notes]
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -89,14 +123,56 @@ def machine() -> dict[str, str | int]:
     }
 
 
-def write_json(path: Path, rows: list[Row], size: str, repeats: int, command: str) -> None:
+def row_record(row: Row, command: str, date: str) -> dict:
+    """A row as JSON, with the command and date of the run that measured it."""
+    return dict(asdict(row), met=row.met, command=command, date=date)
+
+
+def row_from_record(record: dict) -> Row:
+    fields = {key: value for key, value in record.items() if key not in ("met", "command", "date")}
+    for figure in FIGURES:
+        fields[figure] = Stats(**fields[figure])
+    fields["targets"] = {figure: tuple(target) for figure, target in fields["targets"].items()}
+    return Row(**fields)
+
+
+def merged_records(path: Path, records: list[dict], order: list[str]) -> list[dict]:
+    """The rows of an earlier results file at `path`, with those measured now in their place, in `order` of keys."""
+    earlier = {record["key"]: record for record in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    by_key = {**earlier, **{record["key"]: record for record in records}}
+    return [by_key[key] for key in order if key in by_key] + [
+        record for key, record in by_key.items() if key not in order
+    ]
+
+
+def write_json(
+    path: Path,
+    rows: list[Row],
+    size: str,
+    repeats: int,
+    command: str,
+    order: list[str],
+    update: bool = False,
+    extra: dict | None = None,
+) -> list[Row]:
+    """
+    Write the results, with `extra` entries at the top level; with `update`, rows of `path` not measured now are kept.
+    Returns the rows written.
+    """
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records = [row_record(row, command, date) for row in rows]
+    if update:
+        records = merged_records(path, records, order)
+    written = [row_from_record(record) for record in records]
     results = {
         "command": command,
         "size": size,
         "repeats": repeats,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": date,
         "machine": machine(),
-        "rows": [dict(asdict(row), met=row.met) for row in rows],
-        "table": markdown_table(rows),
+        **(extra or {}),
+        "rows": records,
+        "table": markdown_table(written),
     }
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return written

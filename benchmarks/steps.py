@@ -23,12 +23,15 @@ def model_inputs(model: MODGPTForMemeDialogue, encoded: BatchFeature) -> Batch:
 
 
 def training_step(model: PreTrainedModel) -> Callable[[Batch], None]:
-    """One AdamW step of `train.py`'s kind on a batch: forward, backward, gradient clipping, update."""
+    """
+    One AdamW step of `train.py`'s kind on a batch: forward, backward, gradient clipping, update. Without a KV cache:
+    training needs none, and GPT-2 keeps packed rows (position ids restarting, no attention mask) apart only then.
+    """
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
 
     def step(batch: Batch) -> None:
-        model(**batch).loss.backward()
+        model(**batch, use_cache=False).loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad()

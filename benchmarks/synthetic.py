@@ -1,41 +1,80 @@
-"""Deterministic synthetic data and random-init models: Chinese dialogues with memes, a 10,000-meme bank."""
+"""Deterministic synthetic data and random-init models: dialogues with the paper's profile, a large meme bank, and
+how much work each row does at each size."""
 
+import functools
 import random
 from dataclasses import dataclass
 
 import torch
 
 from configuration_mod_gpt import CDIAL_GPT_VOCAB_SIZE, SPECIAL_TOKENS, MODGPTConfig
+from mod_dataset.build import to_turn
+from mod_dataset.sample import CHARACTERS, PAPER_PROFILE, meme_id, profile_dialogues, task_instances
 from modeling_mod_gpt import MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
-CHARACTERS = [chr(0x4E00 + offset) for offset in range(3000)]
 PUNCTUATION = "，。？！"
 SPEAKERS = ("speaker1", "speaker2")
-NUM_EMOTIONS = 52
-BANK_SIZE = 10_000
+NUM_EMOTIONS = PAPER_PROFILE.emotions
 MEME_PROBABILITY = 0.3
-MEME_IDS = [f"meme{index:05d}" for index in range(BANK_SIZE)]
-# The LM head has CDial-GPT's size; the synthetic corpus uses only some of its rows.
-VOCAB_SIZE = CDIAL_GPT_VOCAB_SIZE + len(SPECIAL_TOKENS)
+# The base LM head has CDial-GPT's size; the synthetic corpus uses only some of its rows.
+CDIAL_GPT_VOCAB = CDIAL_GPT_VOCAB_SIZE + len(SPECIAL_TOKENS)
 # A turn costs `[speakerK] [BOS] text [EOS] [TAG]`: its text plus 4 tokens (5 with a meme's `[IMG]`).
 TURN_OVERHEAD = 4
+MAX_LENGTH = 500  # the paper's, and the processor's default: the longest training window
 
 
 @dataclass(frozen=True)
 class Size:
-    """A decoder size, its meme encoder, and how many dialogues its training batches hold."""
+    """
+    A decoder size, its vocabulary (None: the processor's), its meme encoder and meme bank, and how many windows its
+    training batches hold (`train.py`'s batch).
+    """
 
     decoder: dict[str, int]
+    vocab_size: int | None
     meme_encoder_name: str
     meme_feature_size: int
+    bank_size: int
     batch_size: int
+
+    @property
+    def meme_ids(self) -> list[str]:
+        """ "000", "001", ...: the paper profile's 307 memes first, the rest making the bank large."""
+        return [meme_id(index) for index in range(self.bank_size)]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much work the rows do at a size: fractions of the paper profile and counts of timed items."""
+
+    epoch_fraction: float  # the training epoch whose batches the training rows sample and whose padding they count
+    training_batches: int  # epoch batches timed side by side in the training rows
+    eval_instances: int  # validation task-1 instances generated for in the evaluation row
+    eval_batch_size: int
+    release_fraction: float  # the release built by `python -m mod_dataset build`
+    scaling_fraction: float  # "full size" of the scaling rows, measured at 1/8, 1/4, 1/2 and 1 of it
+    scaling_samples: int  # training steps and generation batches timed per fraction
 
 
 SIZES = {
-    "tiny": Size({"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 512}, "test_efficientnet", 256, 8),
-    "base": Size({"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 513}, "efficientnet_b0", 1280, 4),
+    "tiny": Size(
+        {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 513}, None, "test_efficientnet", 256, 1_000, 2
+    ),
+    "base": Size(
+        {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 513},
+        CDIAL_GPT_VOCAB,
+        "efficientnet_b0",
+        1280,
+        10_000,
+        4,
+    ),
 }
+WORKLOADS = {
+    "tiny": Workload(1 / 500, 1, 4, 2, 1 / 500, 1 / 500, 1),
+    "base": Workload(1 / 8, 1, 64, 16, 1.0, 1.0, 16),
+}
+SCALING_SIZE = "tiny"  # the model of the scaling rows, whatever the size of the run
 
 
 def sentence(rng: random.Random, length: int) -> str:
@@ -45,29 +84,13 @@ def sentence(rng: random.Random, length: int) -> str:
 
 
 def turn(rng: random.Random, index: int, text_length: int, with_meme: bool) -> dict:
-    meme = rng.choice(MEME_IDS) if with_meme else None
+    meme = meme_id(rng.randrange(PAPER_PROFILE.memes)) if with_meme else None
     return {
         "speaker": SPEAKERS[index % 2],
         "text": sentence(rng, text_length),
         "meme": meme,
         "emotion": rng.randrange(NUM_EMOTIONS) if with_meme else None,
     }
-
-
-def make_dialogue(rng: random.Random) -> list[dict]:
-    """8 to 12 turns of 4 to 20 characters; about a third attach a meme, a fifth of those without text."""
-    turns = []
-    for index in range(rng.randint(8, 12)):
-        current = turn(rng, index, rng.randint(4, 20), rng.random() < MEME_PROBABILITY)
-        if current["meme"] is not None and rng.random() < 0.2:
-            current["text"] = None
-        turns.append(current)
-    return turns
-
-
-def make_dialogues(count: int, seed: int = 0) -> list[list[dict]]:
-    rng = random.Random(seed)
-    return [make_dialogue(rng) for _ in range(count)]
 
 
 def dialogue_of_length(rng: random.Random, length: int, generation_prompt: bool = False) -> list[dict]:
@@ -84,9 +107,19 @@ def dialogue_of_length(rng: random.Random, length: int, generation_prompt: bool 
     return turns
 
 
+@functools.lru_cache(maxsize=4)
+def paper_release(fraction: float, seed: int = 0) -> dict[str, list[list[dict]]]:
+    """The dialogues of each split (`train`, `val`, `test_easy`, `test_hard`) of a paper-profile release at `fraction`
+    of its size, as the processor takes them: the same dialogues as `make_profile_release(..., fraction, seed)`."""
+    splits = profile_dialogues(random.Random(seed), PAPER_PROFILE, fraction)
+    return {split: [[to_turn(turn) for turn in turns] for turns in rows] for split, rows in splits.items()}
+
+
 def corpus(size: int = 2000, seed: int = 0) -> list[str]:
+    """Random sentences, after the whole alphabet once: every character of the synthetic texts is in the vocabulary."""
     rng = random.Random(seed)
-    return [sentence(rng, rng.randint(4, 30)) for _ in range(size)]
+    alphabet = ["".join(CHARACTERS[start : start + 20]) for start in range(0, len(CHARACTERS), 20)]
+    return alphabet + [sentence(rng, rng.randint(4, 30)) for _ in range(size)]
 
 
 def build_processor(size: Size) -> MODProcessor:
@@ -94,12 +127,12 @@ def build_processor(size: Size) -> MODProcessor:
 
 
 def build_model(size: Size, processor: MODProcessor, seed: int = 0) -> MODGPTForMemeDialogue:
-    """A random-init MOD-GPT with a bank of `BANK_SIZE` memes of random features."""
+    """A random-init MOD-GPT with a bank of `size.bank_size` memes of random features."""
     torch.manual_seed(seed)
     special = processor.special_token_ids
     decoder = {
         "model_type": "gpt2",
-        "vocab_size": VOCAB_SIZE,
+        "vocab_size": size.vocab_size or len(processor.tokenizer),
         "bos_token_id": special["bos_token_id"],
         "eos_token_id": special["eos_token_id"],
         **size.decoder,
@@ -112,5 +145,24 @@ def build_model(size: Size, processor: MODProcessor, seed: int = 0) -> MODGPTFor
         **special,
     )
     model = MODGPTForMemeDialogue(config)
-    model.add_memes(MEME_IDS, torch.randn(BANK_SIZE, size.meme_feature_size))
+    model.add_memes(size.meme_ids, torch.randn(size.bank_size, size.meme_feature_size))
     return model
+
+
+def response_instances(fraction: float, splits: tuple[str, ...] = ("val",), seed: int = 0) -> list[dict]:
+    """
+    Task-1 instances (`history`, `speaker`, `answer`) of paper-profile splits at `fraction` of their size, one per
+    dialogue, cut as the release's task files cut them (`history` in the processor's turn layout).
+    """
+    rng = random.Random(seed)
+    release = profile_dialogues(rng, PAPER_PROFILE, fraction)
+    every_meme = list(range(PAPER_PROFILE.memes))
+    instances = [instance for split in splits for instance in task_instances(release[split], rng, every_meme)["task1"]]
+    return [
+        {
+            "history": [to_turn(turn) for turn in instance["history"]],
+            "speaker": instance["answer"]["speaker_id"].strip("[]"),
+            "answer": instance["answer"]["txt"],
+        }
+        for instance in instances
+    ]

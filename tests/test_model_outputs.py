@@ -117,3 +117,13 @@ def test_the_base_model_splices_memes_and_returns_their_features(model, processo
     first_image = int(image_mask[0].nonzero()[0])
     torch.testing.assert_close(moved[0, :first_image], outputs.last_hidden_state[0, :first_image])
     assert not torch.allclose(moved[0, first_image:], outputs.last_hidden_state[0, first_image:])
+
+
+def test_a_training_step_runs_under_bf16_autocast(model, processor):
+    inputs = processor(DIALOGUES, return_tensors="pt")
+    inputs["meme_features"] = model.lookup_memes(inputs.pop("meme_ids"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(**inputs)
+    assert outputs.loss.isfinite()
+    outputs.loss.backward()
+    assert model.model.meme_projector.weight.grad is not None

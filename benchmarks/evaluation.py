@@ -1,0 +1,214 @@
+"""Evaluation row: `evaluate_mod.py`'s response generation (batched, KV cache) vs the official inference's way (one
+instance at a time, the whole sequence re-run for every new token), on paper-profile validation instances."""
+
+import contextlib
+import io
+from collections.abc import Iterator
+
+import torch
+
+import evaluate_mod
+from mod_dataset.sample import PAPER_PROFILE
+from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
+from processing_mod import MODProcessor
+
+from .report import Row
+from .synthetic import Workload, response_instances
+from .timing import Stats, interleaved, timed
+
+NEW_TOKENS = 32  # evaluate_mod.py's default --max_new_tokens
+SAMPLING = {"do_sample": True, "top_p": 0.9, "temperature": 0.7}  # the paper's decoding, as evaluate_mod.py samples
+CHECKED_INSTANCES = 2  # instances whose logits are compared batched with the cache and alone without it
+LOGITS_TOLERANCE = 1e-3
+OFFICIAL_STRIDE = 4  # the one-at-a-time way runs on every 4th instance by prompt length
+LARGE_BATCH = 64
+
+
+def generate_replies(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict], batch_size: int) -> None:
+    """`evaluate_mod.py`'s response generation, without its progress bar."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        evaluate_mod.generate_replies(model, processor, rows, batch_size, NEW_TOKENS)
+
+
+@contextlib.contextmanager
+def replies_of_full_length(model: MODGPTForMemeDialogue) -> Iterator[None]:
+    """
+    Every reply runs to `NEW_TOKENS` tokens (the generation config's `min_new_tokens`, which `generate_replies`
+    keeps): a random model ends its replies at random, and both sides must do the same work.
+    """
+    before = model.generation_config.min_new_tokens
+    model.generation_config.min_new_tokens = NEW_TOKENS
+    try:
+        yield
+    finally:
+        model.generation_config.min_new_tokens = before
+
+
+def validation_instances(count: int, seed: int = 0) -> list[dict]:
+    """The first `count` task-1 instances of a paper-profile validation split."""
+    fraction = min(1.0, 2 * count / PAPER_PROFILE.validation_dialogues)
+    instances = response_instances(fraction, ("val",), seed)[:count]
+    if len(instances) < count:
+        raise ValueError(f"The paper-profile validation split gave {len(instances)} task-1 instances, not {count}.")
+    return instances
+
+
+def prompt_inputs(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> dict:
+    prompt = model.dialogue_inputs(
+        processor, [row["history"] for row in rows], add_generation_prompt=True, max_new_tokens=NEW_TOKENS
+    )
+    return {key: prompt[key] for key in DIALOGUE_INPUTS}
+
+
+def generate(model: MODGPTForMemeDialogue, prompt: dict, use_cache: bool, **decoding) -> torch.LongTensor:
+    """The new tokens `generate` gives after the prompt."""
+    output = model.generate(**prompt, max_new_tokens=NEW_TOKENS, use_cache=use_cache, **decoding)
+    return output[:, prompt["input_ids"].shape[1] :]
+
+
+def prompt_passes(model: MODGPTForMemeDialogue, processor: MODProcessor, batches: list[list[dict]]) -> None:
+    """The forward passes over the padded prompts that `generate` starts each batch with."""
+    for batch in batches:
+        model(**prompt_inputs(model, processor, batch))
+
+
+def prompt_lengths(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> list[int]:
+    return [int(prompt_inputs(model, processor, [row])["input_ids"].shape[1]) for row in rows]
+
+
+def batches_of(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def computed_tokens(lengths: list[int], batch_size: int | None) -> int:
+    """
+    Tokens the decoder runs to generate `NEW_TOKENS` for prompts of `lengths`: one at a time without cache, every
+    step re-runs the prompt and what was generated (`batch_size` None); in batches with the cache, the batch's prompts
+    padded to the longest, then one token per row and step.
+    """
+    if batch_size is None:
+        return sum(NEW_TOKENS * length + NEW_TOKENS * (NEW_TOKENS - 1) // 2 for length in lengths)
+    return sum(len(batch) * (max(batch) + NEW_TOKENS - 1) for batch in batches_of(lengths, batch_size))
+
+
+@torch.no_grad()
+def cache_logits_gap(
+    model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict], batch_size: int
+) -> float:
+    """
+    The largest gap between the logits of each step of a greedy `generate` over the first batch, left-padded with the
+    cache, and those of one forward pass without cache over each of the first `CHECKED_INSTANCES` rows alone followed
+    by the same generated tokens: both ways compute the same thing (a gap, unlike a token that differs, does not grow
+    from an argmax that float rounding tips).
+    """
+    prompt = prompt_inputs(model, processor, rows[:batch_size])
+    greedy = {"do_sample": False, "top_p": None, "temperature": None, "min_new_tokens": NEW_TOKENS}
+    output = model.generate(
+        **prompt, max_new_tokens=NEW_TOKENS, output_logits=True, return_dict_in_generate=True, **greedy
+    )
+    new_tokens = output.sequences[:, prompt["input_ids"].shape[1] :]
+    batched_logits = torch.stack(output.logits, dim=1)
+    gaps = []
+    for index, row in enumerate(rows[:CHECKED_INSTANCES]):
+        alone = prompt_inputs(model, processor, [row])
+        length = alone["input_ids"].shape[1]
+        continued = new_tokens[index : index + 1, :-1]
+        segment = alone["token_type_ids"][:, -1:].expand_as(continued)  # generation carries the last segment on
+        logits = model(
+            input_ids=torch.cat([alone["input_ids"], continued], dim=1),
+            attention_mask=torch.ones(1, length + continued.shape[1], dtype=torch.long, device=model.device),
+            token_type_ids=torch.cat([alone["token_type_ids"], segment], dim=1),
+            meme_features=alone["meme_features"],
+            use_cache=False,
+        ).logits[0, length - 1 :]
+        gaps.append((logits - batched_logits[index]).abs().max().item())
+    return max(gaps)
+
+
+def per_response(seconds: list[float], count: int) -> list[float]:
+    return [value / count for value in seconds]
+
+
+@torch.no_grad()
+def evaluation(
+    model: MODGPTForMemeDialogue, processor: MODProcessor, workload: Workload, repeats: int, key: str = "evaluation"
+) -> Row:
+    """
+    Responses per second of `evaluate_mod.generate_replies` against the official way, on the same model with the same
+    sampling, and of two changes to `evaluate_mod.py`: batches sorted by prompt length, and larger sorted batches. The
+    batched ways generate for every instance, `repeats` times in turn. The one-at-a-time way, whose every response is
+    `NEW_TOKENS` forward passes, runs once, on every `OFFICIAL_STRIDE`-th instance in order of prompt length (the same
+    spread of lengths); the speed-up compares seconds per response.
+    """
+    model.eval()
+    rows = validation_instances(workload.eval_instances)
+    batch_size, large_batch = workload.eval_batch_size, min(LARGE_BATCH, len(rows))
+    lengths = prompt_lengths(model, processor, rows)
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    by_length = [rows[i] for i in order]
+    official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
+    gap = cache_logits_gap(model, processor, rows, batch_size)
+
+    def one_at_a_time() -> None:
+        for row in official_rows:
+            generate(model, prompt_inputs(model, processor, [row]), use_cache=False, **SAMPLING)
+
+    torch.manual_seed(0)
+    with replies_of_full_length(model):
+        official = timed(one_at_a_time) / len(official_rows)
+        times = interleaved(
+            {
+                "evaluate_mod": lambda: generate_replies(model, processor, rows, batch_size),
+                "sorted": lambda: generate_replies(model, processor, by_length, batch_size),
+                "sorted, large": lambda: generate_replies(model, processor, by_length, large_batch),
+            },
+            repeats,
+        )
+    seconds = {way: per_response(values, len(rows)) for way, values in times.items()}
+    prompts = {
+        way: timed(lambda batches=batches: prompt_passes(model, processor, batches)) / len(rows)
+        for way, batches in (
+            ("evaluate_mod", batches_of(rows, batch_size)),
+            ("sorted", batches_of(by_length, batch_size)),
+        )
+    }
+    alone = computed_tokens(lengths, None)
+
+    def way_note(way: str, name: str, size: int, ordered: list[int]) -> str:
+        median = Stats.of(seconds[way]).median
+        return (
+            f"{name}: {1 / median:.3g} responses/s, speed-up {official / median:.3g} (counting the tokens the decoder "
+            f"runs, at most {alone / computed_tokens(ordered, size):.1f})"
+        )
+
+    return Row(
+        key=key,
+        title=f"Evaluation: response generation, evaluate_mod.py (batches of {batch_size}, KV cache) vs one instance "
+        f"at a time without cache (the official inference), {NEW_TOKENS} sampled tokens",
+        unit="responses/s",
+        a_name="one at a time",
+        a=Stats.of([1 / official]),
+        b_name="evaluate_mod",
+        b=Stats.of([1 / value for value in seconds["evaluate_mod"]]),
+        ratio_name="speed-up",
+        ratio=Stats.of([official / value for value in seconds["evaluate_mod"]]),
+        targets={"ratio": (">=", 20.0)},
+        checks_passed=gap <= LOGITS_TOLERANCE,
+        notes=[
+            f"{len(rows)} paper-profile validation instances, prompts of {min(lengths)}-{max(lengths)} tokens (mean "
+            f"{sum(lengths) / len(rows):.0f}); one at a time: {len(official_rows)} of them, every "
+            f"{OFFICIAL_STRIDE}th by prompt length, run once ({official:.2f} s a response); the batched ways "
+            f"{len(times['evaluate_mod'])} time(s) each",
+            way_note("evaluate_mod", f"evaluate_mod, batches of {batch_size} in dataset order", batch_size, lengths),
+            way_note("sorted", f"batches of {batch_size} sorted by prompt length", batch_size, sorted(lengths)),
+            way_note(
+                "sorted, large", f"batches of {large_batch} sorted by prompt length", large_batch, sorted(lengths)
+            ),
+            f"the prompt passes alone take {prompts['evaluate_mod'] * 1000:.0f} ms a response in dataset order "
+            f"({100 * prompts['evaluate_mod'] / Stats.of(seconds['evaluate_mod']).median:.0f}% of evaluate_mod's time), "
+            f"{prompts['sorted'] * 1000:.0f} ms sorted; the {NEW_TOKENS - 1} cached steps take the rest",
+            f"logits of {NEW_TOKENS} greedy steps batched with the cache against one pass without it, for "
+            f"{CHECKED_INSTANCES} instances: largest gap {gap:.1e} "
+            f"({'within' if gap <= LOGITS_TOLERANCE else 'OVER'} tolerance {LOGITS_TOLERANCE:g})",
+        ],
+    )
