@@ -704,6 +704,7 @@ MEME_BYTES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_image_bytes_are_embedded_even_with_files_of_their_names_in_the_working_directory(tmp_path, monkeypatch):
     decoys = tmp_path / "cwd"
     decoys.mkdir()
@@ -983,6 +984,7 @@ def test_building_twice_gives_byte_identical_files(sample_dataset, tmp_path):
 COUNT_ROWS = "import datasets, sys; print(len(datasets.load_dataset(sys.argv[1], 'response', split='easy_test')))"
 
 
+@pytest.mark.slow
 def test_a_rebuilt_folder_loads_its_new_rows_and_not_the_cache_of_the_old_ones(tmp_path):
     """`datasets` caches a local folder under its name and card: every build's card must differ when the data does."""
     root, out, env = copy_sample(tmp_path), tmp_path / "site" / "data", offline_env(tmp_path)
@@ -1013,6 +1015,7 @@ LOAD_COUNTS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_datasets_in_folders_of_one_name_load_their_own_rows_through_one_cache(tmp_path):
     root = copy_sample(tmp_path)
     build_dataset(root, tmp_path / "a" / "data")
