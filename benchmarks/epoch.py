@@ -74,8 +74,13 @@ def response_examples(processor: MODProcessor, dialogues: list[list[dict]], wind
 
 
 def train_batches(lengths: list[int], batch_size: int, seed: int = 0) -> list[list[int]]:
-    """`train.py`'s length-grouped batches of one epoch."""
-    return list(LengthGroupedBatchSampler(lengths, batch_size, seed))
+    """
+    `train.py`'s length-grouped batches of one epoch, and the windows its sampler leaves out (fewer than a batch) as
+    one more batch, so that every window is counted.
+    """
+    batches = list(LengthGroupedBatchSampler(lengths, batch_size, seed))
+    left_out = sorted(set(range(len(lengths))) - {index for batch in batches for index in batch})
+    return batches + [left_out] if left_out else batches
 
 
 def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:

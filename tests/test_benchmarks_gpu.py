@@ -31,7 +31,7 @@ def test_model_flops_count_blocks_lm_head_and_attention(processor, model):
     batch = {"labels": torch.tensor([[-100, 5, 6, -100, -100]])}
     config = model.config.text_config
     blocks = per_token_parameters(model)
-    assert 0 < blocks < sum(p.numel() for p in model.transformer.parameters())
+    assert 0 < blocks < sum(p.numel() for p in model.model.language_model.parameters())
     expected = (
         6 * blocks * 5
         + 6 * 2 * config.vocab_size * config.hidden_size
