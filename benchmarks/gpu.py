@@ -33,7 +33,7 @@ from processing_mod import MODProcessor
 from .epoch import epoch_windows, sample_batches
 from .evaluation import evaluation
 from .memory import BATCH_SIZE, SEQUENCE_LENGTH, memory_batch
-from .packing import PackedCollator, pack_rows
+from .packing import PackedCollator, pack_windows
 from .report import Row, markdown_table, write_json
 from .steps import Batch, training_step
 from .synthetic import MAX_LENGTH, SIZES, WORKLOADS, build_model, build_processor, paper_release
@@ -215,10 +215,10 @@ def training_batches(
     windows = epoch_windows(processor, paper_release(EPOCH_FRACTION)["train"])
     (batch,) = sample_batches(windows, batch_size, 1)
     bank = (model.meme_bank_ids, model.meme_bank_features.cpu())
-    rows = pack_rows([window.length for window in batch], MAX_LENGTH)
+    encodings = [window.encoding for window in batch]
     return TrainingBatches(
-        padded=to_device(DialogueCollator(processor, *bank)([window.encoding for window in batch]), device),
-        packed=to_device(PackedCollator(processor, *bank)([[batch[i].encoding for i in row] for row in rows]), device),
+        padded=to_device(DialogueCollator(processor, *bank)(encodings), device),
+        packed=to_device(PackedCollator(processor, *bank)(pack_windows(encodings, MAX_LENGTH)), device),
         window_lengths=[window.length for window in batch],
         responses=sum(len(window.responses) for window in batch),
         device=device,
@@ -302,8 +302,12 @@ def training_rows(
     for name, variant in VARIANTS.items():
         try:
             measured[name] = measure(model, variant, batches, args, bf16_weights=failure is not None)
-        except ImportError as error:
+        except ImportError as error:  # an attention kernel that is not installed
             skipped.append(f"{variant.name}: {error}")
+        except Exception as error:  # compilation fails in many ways (dynamo, inductor, the compiler); say how
+            if not variant.compiled:
+                raise
+            skipped.append(f"{variant.name}: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
         progress(f"  {variant.name}: {'done' if name in measured else 'skipped'}")
     names = {name: variant.name for name, variant in VARIANTS.items()}
     rows = [

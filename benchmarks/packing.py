@@ -64,7 +64,6 @@ class PackedCollator:
         return batch
 
 
-def packed_batches(windows: list[Encoding], budget: int, rows_per_batch: int) -> list[list[list[Encoding]]]:
-    """The windows packed into rows of at most `budget` tokens, `rows_per_batch` rows a batch (fullest rows first)."""
-    rows = [[windows[i] for i in row] for row in pack_rows([len(w["input_ids"]) for w in windows], budget)]
-    return [rows[start : start + rows_per_batch] for start in range(0, len(rows), rows_per_batch)]
+def pack_windows(windows: list[Encoding], budget: int) -> list[list[Encoding]]:
+    """The windows packed into rows of at most `budget` tokens (`pack_rows`), fullest row first."""
+    return [[windows[i] for i in row] for row in pack_rows([len(w["input_ids"]) for w in windows], budget)]

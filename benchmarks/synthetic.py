@@ -72,7 +72,7 @@ SIZES = {
 }
 WORKLOADS = {
     "tiny": Workload(1 / 500, 1, 4, 2, 1 / 500, 1 / 500, 1),
-    "base": Workload(1 / 8, 1, 64, 16, 1.0, 1.0, 16),
+    "base": Workload(1 / 8, 1, 48, 16, 1.0, 1.0, 16),
 }
 SCALING_SIZE = "tiny"  # the model of the scaling rows, whatever the size of the run
 

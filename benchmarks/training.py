@@ -24,7 +24,7 @@ from .epoch import (
     sample_batches,
     token_budget_batches,
 )
-from .packing import PackedCollator, pack_rows
+from .packing import PackedCollator, pack_windows
 from .report import Row
 from .steps import Batch, training_step
 from .synthetic import MAX_LENGTH, Size, Workload, paper_release
@@ -79,14 +79,9 @@ def prepare(model: MODGPTForMemeDialogue, processor: MODProcessor, size: Size, w
             collator([examples[i] for i in batch]) for batch in token_budget_batches(lengths, counts.batch_tokens)
         ],
         packed=[collator([window.encoding for window in batch]) for batch in sampled],
-        padding_free=[packer(padding_free_rows(batch)) for batch in sampled],
+        padding_free=[packer(pack_windows([window.encoding for window in batch], MAX_LENGTH)) for batch in sampled],
         counts=counts,
     )
-
-
-def padding_free_rows(batch: list[Window]) -> list[list[dict]]:
-    rows = pack_rows([window.length for window in batch], MAX_LENGTH)
-    return [[batch[i].encoding for i in row] for row in rows]
 
 
 def per_turn_text_losses(model: MODGPTForMemeDialogue, packed: Batch) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ from benchmarks.epoch import (
     response_slices,
     token_budget_batches,
 )
-from benchmarks.packing import PackedCollator, pack_rows, packed_batches, position_ids
+from benchmarks.packing import PackedCollator, pack_rows, pack_windows, position_ids
 from benchmarks.training import LOSS_PARTS
 from modeling_mod_gpt import IGNORE_INDEX
 from train import DialogueCollator
@@ -54,8 +54,7 @@ def windows(processor):
 def test_padding_free_rows_give_the_padded_batch_losses(processor, model, windows):
     bank = (model.meme_bank_ids, model.meme_bank_features)
     padded = DialogueCollator(processor, *bank)(windows)
-    (rows,) = packed_batches(windows, budget=64, rows_per_batch=8)
-    packed = PackedCollator(processor, *bank)(rows)
+    packed = PackedCollator(processor, *bank)(pack_windows(windows, budget=64))
     assert "attention_mask" not in packed
     assert packed["input_ids"].numel() < padded["input_ids"].numel()  # fewer tokens computed
     model.eval()
