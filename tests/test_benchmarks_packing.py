@@ -17,8 +17,8 @@ from benchmarks.epoch import (
 )
 from benchmarks.packing import PackedCollator, pack_rows, pack_windows, position_ids
 from benchmarks.training import LOSS_PARTS
+from mod_training.data import DialogueCollator
 from modeling_mod_gpt import IGNORE_INDEX
-from train import DialogueCollator
 
 
 @pytest.mark.parametrize("seed", range(5))
