@@ -13,6 +13,7 @@ from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
 from .report import Row
+from .steps import synchronize
 from .synthetic import Workload, response_instances
 from .timing import Stats, interleaved, timed
 
@@ -79,6 +80,7 @@ def prompt_passes(model: MODGPTForMemeDialogue, processor: MODProcessor, batches
     """The forward passes over the padded prompts that `generate` starts each batch with."""
     for batch in batches:
         model(**prompt_inputs(model, processor, batch))
+    synchronize(model.device)
 
 
 def prompt_lengths(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> list[int]:
@@ -161,6 +163,7 @@ def evaluation(
     def one_at_a_time() -> None:
         for row in official_rows:
             generate(model, prompt_inputs(model, processor, [row]), use_cache=False, **SAMPLING)
+        synchronize(model.device)
 
     torch.manual_seed(0)
     with replies_of_full_length(model):
