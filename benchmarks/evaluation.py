@@ -155,8 +155,7 @@ def evaluation(
     rows = validation_instances(workload.eval_instances)
     batch_size = workload.eval_batch_size
     lengths = prompt_lengths(model, processor, rows)
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])
-    by_length = [rows[i] for i in order]
+    by_length = [rows[i] for i in sorted(range(len(rows)), key=lengths.__getitem__)]
     official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
     gap = cache_logits_gap(model, processor, rows, batch_size)
 
