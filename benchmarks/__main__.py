@@ -21,7 +21,7 @@ from .evaluation import evaluation
 from .inference import generation, retrieval
 from .memory import peak_memory
 from .release import release_build
-from .report import Row, markdown_table, write_json
+from .report import Row, earlier_records, markdown_table, write_json
 from .scaling import scaling_rows
 from .synthetic import SIZES, WORKLOADS, build_model, build_processor
 from .training import TrainingWork, data_pipeline, mod_vs_plain_gpt2, prepare, training_rows
@@ -71,6 +71,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeats must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.update:
+        try:
+            earlier_records(args.output)  # checked now, not after an hour of measuring
+        except ValueError as error:
+            parser.error(f"--update: {error}")
     return args
 
 

@@ -13,6 +13,7 @@ from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
 from .report import Row
+from .steps import synchronize
 from .synthetic import Workload, response_instances
 from .timing import Stats, interleaved, timed
 
@@ -79,6 +80,7 @@ def prompt_passes(model: MODGPTForMemeDialogue, processor: MODProcessor, batches
     """The forward passes over the padded prompts that `generate` starts each batch with."""
     for batch in batches:
         model(**prompt_inputs(model, processor, batch))
+    synchronize(model.device)
 
 
 def prompt_lengths(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> list[int]:
@@ -153,14 +155,14 @@ def evaluation(
     rows = validation_instances(workload.eval_instances)
     batch_size = workload.eval_batch_size
     lengths = prompt_lengths(model, processor, rows)
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])
-    by_length = [rows[i] for i in order]
+    by_length = [rows[i] for i in sorted(range(len(rows)), key=lengths.__getitem__)]
     official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
     gap = cache_logits_gap(model, processor, rows, batch_size)
 
     def one_at_a_time() -> None:
         for row in official_rows:
             generate(model, prompt_inputs(model, processor, [row]), use_cache=False, **SAMPLING)
+        synchronize(model.device)
 
     torch.manual_seed(0)
     with replies_of_full_length(model):

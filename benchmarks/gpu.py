@@ -35,7 +35,7 @@ from .evaluation import evaluation
 from .memory import BATCH_SIZE, SEQUENCE_LENGTH, memory_batch
 from .packing import PackedCollator, pack_windows
 from .report import Row, markdown_table, write_json
-from .steps import Batch, training_step
+from .steps import Batch, synchronize, training_step
 from .synthetic import MAX_LENGTH, SIZES, WORKLOADS, build_model, build_processor, paper_release
 from .timing import Stats
 
@@ -96,11 +96,6 @@ def bf16_peak(device: torch.device, override_tflops: float | None) -> float | No
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def per_token_parameters(model: MODGPTForMemeDialogue) -> int:

@@ -136,10 +136,22 @@ def row_from_record(record: dict) -> Row:
     return Row(**fields)
 
 
+def earlier_records(path: Path) -> dict[str, dict]:
+    """The rows of an earlier results file by key; none when there is no file."""
+    if not path.exists():
+        return {}
+    try:
+        return {record["key"]: record for record in json.loads(path.read_text())["rows"]}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a results file with keyed rows, which --update needs ({type(error).__name__}: {error}); "
+            "write it anew without --update"
+        ) from error
+
+
 def merged_records(path: Path, records: list[dict], order: list[str]) -> list[dict]:
     """The rows of an earlier results file at `path`, with those measured now in their place, in `order` of keys."""
-    earlier = {record["key"]: record for record in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    by_key = {**earlier, **{record["key"]: record for record in records}}
+    by_key = {**earlier_records(path), **{record["key"]: record for record in records}}
     return [by_key[key] for key in order if key in by_key] + [
         record for key, record in by_key.items() if key not in order
     ]

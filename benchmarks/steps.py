@@ -37,3 +37,9 @@ def training_step(model: PreTrainedModel) -> Callable[[Batch], None]:
         optimizer.zero_grad()
 
     return step
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read afterwards counts it (a CPU runs nothing queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

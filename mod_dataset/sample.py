@@ -275,6 +275,20 @@ class ReleaseProfile:
     meme_only_rate: float = 0.2  # meme turns without text
     hard_unseen_rate: float = 0.5  # the hard test's meme turns that send an unseen meme
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.emotions <= len(PROFILE_EMOTIONS):
+            raise ValueError(f"ReleaseProfile.emotions must be 1 to {len(PROFILE_EMOTIONS)}, got {self.emotions}.")
+        if not 0 < self.seen_memes < self.memes:
+            raise ValueError(
+                f"ReleaseProfile.seen_memes must be at least 1 and fewer than memes={self.memes} (the rest appear "
+                f"only in the hard test), got {self.seen_memes}."
+            )
+        if self.turns_per_dialogue <= 2 or self.characters_per_text <= 1:
+            raise ValueError(
+                "ReleaseProfile needs more than 2 turns per dialogue and more than 1 character per text on average, "
+                f"got {self.turns_per_dialogue} and {self.characters_per_text}."
+            )
+
     def split_sizes(self, fraction: float = 1.0) -> dict[str, int]:
         """Dialogues per split (`train`, `val`, `test_easy`, `test_hard`) at `fraction` of the full size."""
         if not 0 < fraction <= 1:

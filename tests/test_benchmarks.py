@@ -69,6 +69,7 @@ def tiny_results(tmp_path_factory) -> tuple[dict, str]:
     return json.loads(output.read_text()), str(output)
 
 
+@pytest.mark.slow  # the memory and release rows start processes
 def test_tiny_benchmark_writes_every_row_with_its_checks(tiny_results):
     results, _ = tiny_results
     assert (results["size"], results["repeats"]) == ("tiny", 1)
@@ -88,6 +89,7 @@ def test_tiny_benchmark_writes_every_row_with_its_checks(tiny_results):
         assert record["checks_passed"], record["notes"]
 
 
+@pytest.mark.slow  # the memory and release rows start processes
 def test_training_rows_count_what_each_way_computes(tiny_results):
     rows = {record["key"]: record for record in tiny_results[0]["rows"]}
     padding = rows["training-padding"]
@@ -98,6 +100,7 @@ def test_training_rows_count_what_each_way_computes(tiny_results):
     assert rows["release-build"]["targets"] == {"a": ["<=", 120.0], "ratio": ["<=", 2048.0]}
 
 
+@pytest.mark.slow  # the memory and release rows start processes
 def test_a_partial_run_updates_only_its_rows(tiny_results, tmp_path):
     results, path = tiny_results
     output = tmp_path / "results.json"
@@ -137,3 +140,12 @@ def test_a_partial_run_without_update_writes_its_rows_alone(tmp_path):
         == 0
     )
     assert [row["key"] for row in json.loads(output.read_text())["rows"]] == ["retrieval"]
+
+
+def test_update_refuses_a_file_without_keyed_rows_before_measuring(tmp_path, capsys):
+    output = tmp_path / "BENCHMARKS.json"
+    output.write_text(json.dumps({"rows": [{"title": "a row of an older format"}]}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--size", "tiny", "--rows", "retrieval", "--output", str(output), "--update"])
+    assert exit_info.value.code == 2
+    assert f"--update: {output} is not a results file with keyed rows" in capsys.readouterr().err

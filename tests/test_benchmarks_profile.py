@@ -8,7 +8,13 @@ import pytest
 
 from mod_dataset import build_dataset
 from mod_dataset.build import to_turn
-from mod_dataset.sample import PAPER_PROFILE, PROFILE_EMOTIONS, make_profile_release, profile_dialogues
+from mod_dataset.sample import (
+    PAPER_PROFILE,
+    PROFILE_EMOTIONS,
+    ReleaseProfile,
+    make_profile_release,
+    profile_dialogues,
+)
 
 FRACTION = 0.05  # 2,259 dialogues: enough for the averages to settle within a few percent
 DECODER_POSITIONS = 513
@@ -31,6 +37,15 @@ def test_split_sizes_add_up_to_the_paper_and_scale_with_the_fraction():
     assert all(abs(eighth[split] - full[split] / 8) <= 1 for split in full)
     with pytest.raises(ValueError, match="fraction"):
         PAPER_PROFILE.split_sizes(0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"emotions": 53}, "emotions"), ({"seen_memes": 307}, "seen_memes"), ({"turns_per_dialogue": 2}, "turns")],
+)
+def test_a_profile_that_cannot_be_generated_is_refused(changes, field):
+    with pytest.raises(ValueError, match=field):
+        ReleaseProfile(**changes)
 
 
 def test_averages_match_the_paper(splits):
