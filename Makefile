@@ -1,27 +1,34 @@
 PYTHON ?= python3
 VENV ?= .venv
+# The versions installed: the tested set by default; `CONSTRAINTS=requirements/lowest.txt` for the lowest releases
+# pyproject.toml allows, `CONSTRAINTS=` (empty) for the newest releases.
+CONSTRAINTS ?= requirements/pinned.txt
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test test-fast demo app lint bench clean
+.PHONY: install versions test test-fast demo app lint bench lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $@
 
-test: install
+versions: install
+	@$(BIN)/python -c 'import importlib.metadata as m; print(" ".join(f"{p}=={m.version(p)}" for p in \
+		("transformers", "datasets", "accelerate", "timm", "huggingface_hub", "torch")))'
+
+test: versions
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # The tests that start no subprocess (no training run, torchrun or browser): a minute or two.
-test-fast: install
+test-fast: versions
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Build the embedded sample, train a tiny model on it (CPU, a few minutes), evaluate it on both test splits,
@@ -44,6 +51,15 @@ app: install
 # Every row at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
 	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json
+
+# Write the newest releases into the tested set (then run `make test demo` before committing it).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -e ".[test]"
+	{ sed -n '/^#/p' requirements/pinned.txt; .venv-lock/bin/pip freeze --exclude-editable; } > requirements/pinned.txt.new
+	mv requirements/pinned.txt.new requirements/pinned.txt
+	rm -rf .venv-lock
 
 lint: install
 	$(BIN)/ruff check --fix .

@@ -408,7 +408,7 @@ class MODGPTModel(MODGPTPreTrainedModel):
 
     def check_decoder_separates_packed_rows(self, position_ids: torch.LongTensor) -> None:
         """Refuse packed rows (positions restarting inside a row) for a decoder whose mask cannot keep them apart."""
-        if self.language_model._supports_attention_backend:  # its mask comes from transformers' masking utils
+        if self.language_model.is_backend_compatible():  # its mask comes from transformers' masking utils
             return
         if bool((position_ids.diff(dim=-1) != 1).any()):
             raise ValueError(

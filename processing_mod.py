@@ -31,6 +31,7 @@ LABEL_TURNS = ("all", "last", "none")
 LABEL_KEYS = ("labels", "usage_labels", "emotion_labels")
 PADDING_SIDES = ("right", "left")
 TURN_FIELDS = ("speaker", "text", "meme", "emotion")
+PROCESSOR_SETTINGS = ("max_length", "emotion_names")  # what processor_config.json holds besides the sub-processors
 CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # punctuation, ideographs, full-width forms
 # A space after a CJK character and before a non-space, or after any character and before a CJK character.
 SPACE_BESIDE_CJK = re.compile(f"(?<=[{CJK}]) (?=[^ ])|(?<=.) (?=[{CJK}])", re.DOTALL)
@@ -178,16 +179,19 @@ class MODProcessor(ProcessorMixin):
         return cls(MemeImageProcessor.from_timm_model(meme_encoder_name), tokenizer, **kwargs)
 
     @classmethod
-    def _get_arguments_from_pretrained(
-        cls, pretrained_model_name_or_path: str, processor_dict: dict | None = None, **kwargs: Any
-    ) -> list:
-        # This module's own classes rather than the Auto classes, which would import the image processor's code
-        # from the folder: loading a MODProcessor never runs code saved with it.
+    def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs: Any) -> "MODProcessor":
+        """
+        Load a saved processor with this module's own classes. The Auto classes would import the image processor's
+        code saved in the folder (and ask on a terminal whether to): loading a MODProcessor never runs code saved
+        with it, whatever `trust_remote_code` says. Hub arguments (`revision`, `cache_dir`, `token`, ...) pass through.
+        """
         kwargs.pop("trust_remote_code", None)
-        return [
+        settings, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        return cls(
             MemeImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
             BertTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
-        ]
+            **{name: settings[name] for name in PROCESSOR_SETTINGS if name in settings},
+        )
 
     @property
     def special_token_ids(self) -> dict[str, int]:
@@ -334,19 +338,26 @@ class MODProcessor(ProcessorMixin):
     def encode_turns(self, dialogue: Sequence[Mapping], dialogue_index: int, label_turns: str) -> list[dict]:
         """
         Each turn of `dialogue` checked and encoded by `encode_turn`: `label_turns="all"` labels every turn from the
-        second on (the paper's choice), `"last"` only the last turn (the per-response view), `"none"` none.
+        second on (the paper's choice) and the first turn's meme emotion (as the organisers' emotion reader, which
+        makes an instance of every turn with an emotion), `"last"` only the last turn (the per-response view),
+        `"none"` none.
         """
         if label_turns not in LABEL_TURNS:
             raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
         turns = self.check_dialogue(dialogue, dialogue_index)
         texts = self.tokenizer([turn.text or "" for turn in turns], add_special_tokens=False)["input_ids"]
         labelled = {"all": range(1, len(turns)), "last": [len(turns) - 1], "none": []}[label_turns]
-        return [self.encode_turn(turn, ids, index in labelled) for index, (turn, ids) in enumerate(zip(turns, texts))]
+        unlabelled_keeps = ("emotion_labels",) if label_turns == "all" else ()
+        return [
+            self.encode_turn(turn, ids, LABEL_KEYS if index in labelled else unlabelled_keeps)
+            for index, (turn, ids) in enumerate(zip(turns, texts))
+        ]
 
-    def encode_turn(self, turn: Turn, text_ids: list[int], labelled: bool) -> dict[str, list]:
+    def encode_turn(self, turn: Turn, text_ids: list[int], label_keys: Sequence[str] = LABEL_KEYS) -> dict[str, list]:
         """
-        `[speakerK] [BOS] text [EOS] [TAG]`, and `[IMG]` after a meme, with segment ids. A `labelled` turn has its text
-        and `[EOS]` as text labels, its usage label (meme or not) at `[TAG]` and its emotion label at `[IMG]`.
+        `[speakerK] [BOS] text [EOS] [TAG]`, and `[IMG]` after a meme, with segment ids, and the labels of
+        `label_keys`: the text and `[EOS]` as text labels, the usage label (meme or not) at `[TAG]`, the emotion label
+        at `[IMG]`.
         """
         ids, ignore = self.token_ids, [IGNORE_INDEX]
         utterance = {
@@ -366,7 +377,7 @@ class MODProcessor(ProcessorMixin):
             "meme_ids": [turn.meme],
         }
         encoding = join_turns([utterance, image] if turn.meme is not None else [utterance])
-        return encoding if labelled else without_labels(encoding)
+        return without_labels(encoding, keep=label_keys)
 
     def encode_dialogue(
         self,
@@ -405,11 +416,12 @@ class MODProcessor(ProcessorMixin):
         turns = self.encode_turns(dialogue, dialogue_index, "all")
         lengths = [len(turn["input_ids"]) for turn in turns]
         self.check_turn_lengths(lengths, max_length, dialogue_index)
-        return [
+        windows = [
             join_turns([without_labels(turn) for turn in turns[context_start:start]] + turns[start:end])
             for context_start, start, end in window_spans(lengths, max_length)
-            if end > 1 or len(turns) == 1  # the first turn alone labels nothing: it only serves as the next context
         ]
+        # A window of the first turn alone labels at most its meme's emotion; without one it is only context.
+        return [window for window in windows if labels_anything(window)] or windows[:1]
 
     def generation_prompt(self, dialogue: Sequence[Mapping]) -> dict[str, list]:
         """`[speakerK] [BOS]` for the speaker who answers `dialogue` next, unlabelled."""
@@ -480,9 +492,13 @@ def join_turns(turns: Sequence[Mapping[str, list]]) -> dict[str, list]:
     return {key: [item for turn in turns for item in turn[key]] for key in turns[0]}
 
 
-def without_labels(turn: Mapping[str, list]) -> dict[str, list]:
-    """An encoded turn as unlabelled context: text, usage and emotion labels all ignored."""
-    return dict(turn, **{key: [IGNORE_INDEX] * len(turn["input_ids"]) for key in LABEL_KEYS})
+def without_labels(turn: Mapping[str, list], keep: Sequence[str] = ()) -> dict[str, list]:
+    """An encoded turn as unlabelled context: its text, usage and emotion labels ignored, but those of `keep`."""
+    return dict(turn, **{key: [IGNORE_INDEX] * len(turn["input_ids"]) for key in LABEL_KEYS if key not in keep})
+
+
+def labels_anything(encoding: Mapping[str, list]) -> bool:
+    return any(label != IGNORE_INDEX for key in LABEL_KEYS for label in encoding[key])
 
 
 def pad_labels(rows: Sequence[list[int]], padding_side: str) -> torch.Tensor:

@@ -8,11 +8,11 @@ import timm
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-from transformers import AutoModel, AutoProcessor, BertTokenizer
+from transformers import AutoModel, AutoProcessor
 
 from configuration_mod_gpt import MODGPTConfig
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from processing_mod import MemeImageProcessor, MODProcessor
+from processing_mod import MODProcessor
 
 from . import ArgumentError
 from .arguments import TASK_LOSS_WEIGHTS, TrainArguments, is_mod_checkpoint, read_model_config
@@ -26,9 +26,7 @@ def load_mod_processor(folder: str, trust_remote_code: bool) -> MODProcessor:
     """
     if trust_remote_code:
         return AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    settings, kwargs = MODProcessor.get_processor_dict(folder)
-    parts = [MemeImageProcessor.from_pretrained(folder), BertTokenizer.from_pretrained(folder)]
-    return MODProcessor.from_args_and_dict(parts, settings, **kwargs)
+    return MODProcessor.from_pretrained(folder)
 
 
 def build_processor(args: TrainArguments, dialogues: datasets.DatasetDict) -> MODProcessor:

@@ -415,6 +415,37 @@ def test_chat_runs_no_code_from_the_model_folder_unless_asked(saved_model, tmp_p
     assert {"modeling_mod_gpt.py", "processing_mod.py"} <= set(marker.read_text().split())
 
 
+@pytest.mark.slow
+def test_loading_on_a_terminal_neither_prompts_nor_runs_the_folder_code(saved_model, tmp_path):
+    """transformers asks on a terminal whether to run a folder's code; the package's loaders never get there."""
+    folder, marker = marked_copy(saved_model, tmp_path)
+    script = textwrap.dedent(
+        f"""
+        from pipeline_mod import load_mod_gpt
+        from processing_mod import MODProcessor
+        model, processor = load_mod_gpt({str(folder)!r})
+        MODProcessor.from_pretrained({str(folder)!r}, trust_remote_code=False)
+        print("loaded", type(model).__module__, type(processor).__module__)
+        """
+    )
+    terminal, terminal_end = os.openpty()  # standard input is a terminal no one types into
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            stdin=terminal_end,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=120,
+        )
+    finally:
+        os.close(terminal), os.close(terminal_end)
+    assert "[y/N]" not in result.stdout + result.stderr
+    assert result.returncode == 0 and "loaded modeling_mod_gpt processing_mod" in result.stdout, result.stderr
+    assert not marker.exists()
+
+
 def test_chat_reports_a_missing_model_folder_without_asking_the_hub(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_chat(["--model", "runs/mod-gpt"], "", monkeypatch, capsys)
