@@ -256,8 +256,8 @@ def submission_instances(task: str, rows: list[dict], predictions: list) -> list
     for row, prediction in zip(rows, predictions):
         speaker = f"[{row['speaker']}]"
         instance = {"history": release_history(row)}
-        if task == "task2":  # the release's README asks for the ranked candidates
-            instance["candidate"] = {"speaker_id": speaker, "set": prediction}
+        if task == "task2":  # the candidate set as given; the release's README asks for the ranking in the answer
+            instance["candidate"] = {"speaker_id": speaker, "set": list(row["candidates"])}
         instance["answer"] = {"speaker_id": speaker, ANSWER_FIELDS[task]: prediction}
         instances.append(instance)
     return instances

@@ -316,7 +316,7 @@ def test_unknown_meme_ids_in_the_plain_call_are_named(model, processor):
 
 
 def test_a_dialogue_with_nothing_to_learn_gives_zero_losses_that_keep_the_graph(model, processor):
-    one_turn = [DIALOGUES[0][1]]  # a meme turn: no labelled text, usage or emotion (the first turn is context)
+    one_turn = [DIALOGUES[0][0]]  # a text turn: no labelled text, usage or emotion (the first turn is context)
     outputs = model(**processor(one_turn))
     parts = torch.stack([getattr(outputs, part) for part in LOSS_PARTS])  # as the training loop stacks them
     assert parts.tolist() == [0.0] * 4 and outputs.loss.item() == 0.0

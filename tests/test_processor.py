@@ -81,6 +81,21 @@ def test_layout_labels_and_segments(processor):
     assert encoded["meme_ids"] == ["001", "003"]
 
 
+def test_the_first_turn_labels_its_meme_emotion_and_nothing_else(processor):
+    dialogue = DIALOGUES[2]  # opens with a meme: the organisers' emotion reader makes an instance of it
+    lengths = [len(processor.encode_dialogue([turn])["input_ids"]) for turn in dialogue]
+    first = lengths[0]
+    encoded = processor.encode_dialogue(dialogue)
+    assert set(encoded["labels"][:first]) == set(encoded["usage_labels"][:first]) == {IGNORE_INDEX}
+    assert [e for e in encoded["emotion_labels"][:first] if e != IGNORE_INDEX] == [EMOTIONS.index("surprised")]
+    max_length = first + lengths[1] - 1  # the first turn alone in its window
+    assert max_length >= max(lengths)
+    alone = processor.encode_windows(dialogue, max_length=max_length)
+    assert len(alone[0]["input_ids"]) == first
+    assert [e for e in alone[0]["emotion_labels"] if e != IGNORE_INDEX] == [EMOTIONS.index("surprised")]
+    assert processor.encode_windows(DIALOGUES[1][:1]) == [processor.encode_dialogue(DIALOGUES[1][:1])]
+
+
 def test_per_response_view_labels_only_the_answer(processor):
     encoded = processor.encode_dialogue(DIALOGUES[0][:2], label_turns="last")
     labelled = [
@@ -188,7 +203,7 @@ def test_windows_label_usage_and_emotion_of_each_turn_once(processor):
     usage = [label for window in windows for label in labelled(window, "usage_labels")]
     assert usage == [int(turn["meme"] is not None) for turn in dialogue[1:]]
     emotions = [label for window in windows for label in labelled(window, "emotion_labels")]
-    expected = [EMOTIONS.index(t["emotion"]) for t in dialogue[1:] if t["meme"] is not None and t["emotion"]]
+    expected = [EMOTIONS.index(t["emotion"]) for t in dialogue if t["meme"] is not None and t["emotion"]]
     assert emotions == expected
     assert sum(window["meme_ids"].count(MEME_IDS[1]) for window in windows) > 1  # context memes are repeated
 
