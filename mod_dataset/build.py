@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from .card import dataset_card, release_record
 from .release import (
@@ -28,8 +29,6 @@ NUM_CANDIDATES = 10
 MARKER = ".mod_dataset.json"
 BUILDER = "mod_dataset"
 FORMAT_VERSION = 1
-# How `datasets` stores an image; see `to_dataset`.
-IMAGE_STORAGE = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
 
 
 class OutputFolderError(ValueError):
@@ -188,9 +187,15 @@ def derived_views(dialogues: list[dict], meme_ids: list[str], split: str) -> dic
     views = {"response": [], "retrieval": [], "emotion": []}
     for row in dialogues:
         turns = row["turns"]
-        for k in range(1, len(turns)):
-            turn, history, key = turns[k], turns[:k], f"{row['dialogue_id']} turn {k}"
-            base = {"id": key, "history": history, "speaker": turn["speaker"]}
+        for k, turn in enumerate(turns):
+            base = {"id": f"{row['dialogue_id']} turn {k}", "history": turns[:k], "speaker": turn["speaker"]}
+            # Every turn with an emotion, the first included, as the organisers' emotion reader takes them.
+            if turn["meme"] is not None and turn["emotion"] is not None:
+                views["emotion"].append(
+                    {**base, "history": without_last_emotion(turns[: k + 1]), "answer": turn["emotion"]}
+                )
+            if k == 0:  # a response and a retrieval instance answer a history
+                continue
             if turn["text"]:
                 views["response"].append({**base, "answer": turn["text"]})
             if turn["meme"] is not None:
@@ -200,10 +205,6 @@ def derived_views(dialogues: list[dict], meme_ids: list[str], split: str) -> dic
                 views["retrieval"].append(
                     {**base, "answer_text": turn["text"], "candidates": candidates, "answer": turn["meme"]}
                 )
-                if turn["emotion"] is not None:
-                    views["emotion"].append(
-                        {**base, "history": without_last_emotion(turns[: k + 1]), "answer": turn["emotion"]}
-                    )
     return views
 
 
@@ -245,37 +246,35 @@ def used_memes(dialogues: list[dict]) -> set[str]:
     return {t["meme"] for row in dialogues for t in row["turns"] if t["meme"] is not None}
 
 
-def to_dataset(rows: list[dict], features: datasets.Features) -> datasets.Dataset:
-    """The rows (maybe none) as a `Dataset`. An image goes in as its stored `{bytes, path}` and is then cast to
-    `datasets.Image`: encoding it directly would keep only the path, and drop the bytes, whenever a file of that
-    name lies in the working directory."""
-    stored = datasets.Features(
-        {name: IMAGE_STORAGE if isinstance(feature, datasets.Image) else feature for name, feature in features.items()}
-    )
-    columns = {name: [row[name] for row in rows] for name in features}
-    return datasets.Dataset.from_dict(columns, features=stored).cast(features)
+def to_table(rows: list[dict], features: datasets.Features) -> pa.Table:
+    """The rows (maybe none) as an Arrow table of the features' schema, which carries the features for
+    `load_dataset`. The rows already hold their stored form (checked by `read_release`; an image as its
+    `{bytes, path}`), so nothing is encoded in Python."""
+    return pa.Table.from_pydict({name: [row[name] for row in rows] for name in features}, schema=features.arrow_schema)
 
 
 def write_tables(
     tables: dict[str, dict[str, list[dict]]], features: dict[str, datasets.Features], out: Path
 ) -> dict[str, dict[str, dict]]:
-    """Write every config's splits as Parquet files; return, by config and split, each file's `path`, its
-    `num_examples` and `num_bytes` (in Arrow). Each file is named after a digest of its bytes: the card names the
-    files, and `datasets` keys its cache of a local folder on the card, so a rebuilt folder (or another folder of the
-    same name) is never read from the cache of different data."""
+    """Write every config's splits as Parquet files, one Arrow table at a time, with the writer of
+    `Dataset.to_parquet`; return, by config and split, each file's `path`, its `num_examples` and `num_bytes` (in
+    Arrow). Each file is named after a digest of its bytes: the card names the files, and `datasets` keys its cache of
+    a local folder on the card, so a rebuilt folder (or another folder of the same name) is never read from the cache
+    of different data."""
     files: dict[str, dict[str, dict]] = {}
     for config, splits in tables.items():
         (out / config).mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
             written = out / config / f"{split}.parquet"
-            dataset = to_dataset(rows, features[config])
-            dataset.to_parquet(str(written))
+            table = to_table(rows, features[config])
+            # A fingerprint given: `Dataset` would otherwise hash the whole table, a pickled copy of it in memory.
+            datasets.Dataset(table, fingerprint=f"{config}-{split}").to_parquet(str(written))
             path = f"{config}/{split}-{hashlib.sha256(written.read_bytes()).hexdigest()[:16]}.parquet"
             written.rename(out / path)
             files.setdefault(config, {})[split] = {
                 "path": path,
-                "num_examples": len(dataset),
-                "num_bytes": dataset.data.nbytes,
+                "num_examples": table.num_rows,
+                "num_bytes": table.nbytes,
             }
     return files
 

@@ -289,12 +289,25 @@ def test_train_task_views_are_cut_from_train_dialogues(loaded):
         assert turns[: len(row["history"])] == row["history"]
         assert (row["answer_text"], row["answer"]) == (reply["text"], reply["meme"])
     emotion = loaded["views"]["emotion"]["train"]
-    assert len(emotion) == sum(1 for turns in dialogues.values() for t in turns[1:] if t["emotion"] is not None)
+    assert len(emotion) == sum(1 for turns in dialogues.values() for t in turns if t["emotion"] is not None)
     for row in emotion:  # like the official task 3: the meme closes the history, its emotion is only the answer
         turns = dialogues[row["id"].rsplit(" turn ", 1)[0]]
         meme_turn = turns[len(row["history"]) - 1]
         assert row["history"] == [*turns[: len(row["history"]) - 1], {**meme_turn, "emotion": None}]
         assert meme_turn["emotion"] is not None and row["answer"] == meme_turn["emotion"]
+
+
+def test_a_dialogue_opening_with_a_meme_gives_an_emotion_instance_of_its_first_turn(tmp_path):
+    """The organisers' emotion reader makes an instance of every turn with an emotion, the first one included."""
+    root = copy_sample(tmp_path)
+    train = json.loads((root / "c_train.json").read_text(encoding="utf-8"))
+    train["dialogue 0"][0] = {"speaker_id": "[speaker1]", "txt": "听说火锅了", "img_id": "002", "emotion_id": 1}
+    write(root, "c_train.json", train)
+    build_dataset(root, tmp_path / "data")
+    emotion = {row["id"]: row for row in read_parquet(tmp_path / "data", "emotion", "train")}
+    first = emotion["dialogue 0 turn 0"]
+    assert first["answer"] == 1 and len(first["history"]) == 1
+    assert (first["history"][0]["meme"], first["history"][0]["emotion"]) == ("002", None)
 
 
 # The sample follows the official layout --------------------------------------------------------------------------------
