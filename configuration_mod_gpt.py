@@ -1,10 +1,12 @@
 """MOD-GPT model configuration."""
 
+import os
 from dataclasses import field
 from typing import Any, Literal
 
+import timm
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig, TimmWrapperConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
@@ -28,6 +30,35 @@ def timm_encoder_config(architecture: str) -> dict[str, Any]:
     return {"model_type": "timm_wrapper", "architecture": architecture}
 
 
+def is_timm_hub_model(name: str) -> bool:
+    """Whether a meme encoder name is a timm hub id (`"timm/efficientnet_b0.ra_in1k"`) or a local folder in its layout."""
+    return "/" in name or os.path.isdir(name)
+
+
+def timm_hub_encoder_config(name: str) -> dict[str, Any]:
+    """
+    The `meme_encoder_config` of a timm hub id or local folder in its layout (what timm's `save_for_hf` writes:
+    `config.json` with `architecture` and `pretrained_cfg`, and `model.safetensors`): the architecture, its creation
+    arguments, and the data config of the weights. Raises `ValueError` when `name` holds no timm model.
+    """
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise ValueError("the folder has no config.json")  # transformers would read it as an empty config
+    try:
+        saved, _ = TimmWrapperConfig.get_config_dict(name)
+    except OSError as error:
+        raise ValueError(f"cannot read its config.json ({error})") from error
+    architecture = saved.get("architecture") if isinstance(saved, dict) else None
+    if not isinstance(architecture, str) or not timm.is_model(architecture):
+        raise ValueError(
+            f"its config.json names no timm architecture (`architecture`: {architecture!r}); a timm model's "
+            "config.json has `architecture` and `pretrained_cfg`, as timm's `save_for_hf` writes it"
+        )
+    # The encoder is built without a classifier (`num_classes=0`); timm records the checkpoint's in its arguments.
+    model_args = {key: value for key, value in (saved.get("model_args") or {}).items() if key != "num_classes"}
+    config = {**timm_encoder_config(architecture), "pretrained_cfg": saved.get("pretrained_cfg") or {}}
+    return {**config, "model_args": model_args} if model_args else config
+
+
 @strict
 class MODGPTConfig(PreTrainedConfig):
     r"""
@@ -45,8 +76,10 @@ class MODGPTConfig(PreTrainedConfig):
             `bos_token_id`, `eos_token_id` and `pad_token_id` are set from this config's.
         meme_encoder_config (`dict` or `TimmWrapperConfig`, *optional*, defaults to `efficientnet_b0`):
             Configuration of the meme image encoder, a `TimmWrapperConfig` (`{"model_type": "timm_wrapper",
-            "architecture": ...}`) built through `AutoConfig`. The encoder starts from random weights; trained ones
-            come with the saved model (or are loaded into `model.meme_encoder.timm_model`). `None` builds no
+            "architecture": ...}`) built through `AutoConfig`; that of a timm hub model (`timm_hub_encoder_config`)
+            also holds its `model_args` and `pretrained_cfg`, the data config of its weights. The encoder starts from
+            random weights; trained ones come with the saved model (or are loaded into
+            `model.meme_encoder.timm_model`, as train.py does from a timm hub model's). `None` builds no
             encoder: the model then works on precomputed meme features only (such as the organisers' CLIP vectors),
             and memes enter through `meme_features` and `add_memes(ids, meme_features=...)`.
         meme_encoder_name (`str`, *optional*):
@@ -93,6 +126,9 @@ class MODGPTConfig(PreTrainedConfig):
             Distance used to rank candidate memes against the predicted feature: `"l2"` (the paper) or `"cosine"`.
         meme_bank_ids (`list[str]`, *optional*):
             Ids of the memes in the model's meme bank; their features are a buffer of the model, saved with it.
+        tie_word_embeddings (`bool`, *optional*):
+            Whether the language modelling head shares the decoder's input embeddings. Defaults to the decoder's own
+            setting (`text_config.tie_word_embeddings`: GPT-2 and OpenAI-GPT tie, Qwen2 and Llama do not).
         bos_token_id, eos_token_id, pad_token_id, speaker1_token_id, speaker2_token_id, image_token_id, tag_token_id (`int`):
             Ids of the special tokens `[BOS] [EOS] [PAD] [speaker1] [speaker2] [IMG] [TAG]`, as given by the processor.
 
@@ -148,7 +184,7 @@ class MODGPTConfig(PreTrainedConfig):
     speaker2_token_id: int = CDIAL_GPT_VOCAB_SIZE + 4
     image_token_id: int = CDIAL_GPT_VOCAB_SIZE + 5
     tag_token_id: int = CDIAL_GPT_VOCAB_SIZE + 6
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
         self.convert_meme_encoder_name(kwargs)
@@ -161,6 +197,9 @@ class MODGPTConfig(PreTrainedConfig):
             self.text_config = {**(self.text_config or defaults), **decoder_token_ids}
         super().__post_init__(**kwargs)
         self.text_config.update(decoder_token_ids)  # also for a decoder config given ready-made
+        if self.tie_word_embeddings is None:  # tying follows the decoder: GPT-2 ties, Qwen2 and Llama keep an lm_head
+            self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        self.text_config.tie_word_embeddings = self.tie_word_embeddings
         if self.head_hidden_size is None:
             self.head_hidden_size = self.text_config.hidden_size
         if self.meme_bank_ids is None:

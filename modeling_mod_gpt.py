@@ -9,7 +9,17 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, BatchFeature, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    BatchFeature,
+    GenerationConfig,
+    GenerationMixin,
+    OpenAIGPTConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -125,6 +135,17 @@ def default_generation_config(config: MODGPTConfig, use_cache: bool = True) -> G
         pad_token_id=config.pad_token_id,
         suppress_tokens=never_generated,
     )
+
+
+def load_text_config(pretrained_model_name_or_path: str) -> PreTrainedConfig:
+    """
+    The config of a pretrained decoder. CDial-GPT's `config.json` names no `model_type`; its OpenAI-GPT keys (`afn`,
+    `n_special`) say what it is.
+    """
+    config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path)
+    if "model_type" not in config_dict and "afn" in config_dict:
+        return OpenAIGPTConfig.from_dict(config_dict)
+    return AutoConfig.from_pretrained(pretrained_model_name_or_path)
 
 
 def last_per_row(mask: torch.BoolTensor) -> torch.LongTensor:
@@ -347,6 +368,12 @@ class MODGPTModel(MODGPTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
+    @property
+    def input_embeddings_name(self) -> str:
+        """The name of the decoder's input embedding weight within the decoder (`wte.weight`, `embed_tokens.weight`)."""
+        embeddings = self.get_input_embeddings()
+        return next(f"{name}.weight" for name, module in self.language_model.named_modules() if module is embeddings)
+
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
@@ -478,11 +505,11 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
     retrieval ranks.
     """
 
-    _tied_weights_keys = {"lm_head.weight": r"model\.language_model\.(wte|tokens_embed)\.weight"}
-
     def __init__(self, config: MODGPTConfig):
         super().__init__(config)
         self.model = MODGPTModel(config)
+        # Whatever the decoder calls its input embeddings; tied or not as `config.tie_word_embeddings` says.
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{self.model.input_embeddings_name}"}
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.usage_head = MODGPTHead(config, 2)
         self.meme_head = MODGPTHead(config, config.meme_feature_size)
@@ -501,17 +528,25 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         cls, pretrained_model_name_or_path: str, vocab_size: int | None = None, **config_kwargs: Any
     ) -> "MODGPTForMemeDialogue":
         """
-        Build MOD-GPT around pretrained decoder weights: a GPT-2 or CDial-GPT (OpenAI-GPT) checkpoint from a local
-        folder or the hub. Embeddings are resized to `vocab_size` (the processor's, which adds the dialogue
-        special tokens); the new rows are initialised to the mean of the old ones.
+        Build MOD-GPT around a pretrained causal language model from a local folder or the hub: CDial-GPT
+        (OpenAI-GPT), CDial-GPT2 or any GPT-2, Qwen2, Llama, ... Its decoder and language modelling head are kept
+        (tied or not, as the checkpoint has them); the embeddings are resized to `vocab_size` (the processor's, which
+        appends the dialogue special tokens; new rows start at the mean of the old ones). The segment embeddings start
+        from the decoder's own `[speaker1]`, `[speaker2]` and `[IMG]` rows: CDial-GPT and the organisers' MOD-GPT
+        embed a speaker's segment as that speaker's token, so at step 0 the model computes what the pretrained one
+        does for the same dialogue.
         """
-        text_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        language_model = AutoModelForCausalLM.from_pretrained(
+            pretrained_model_name_or_path, config=load_text_config(pretrained_model_name_or_path)
+        )
         if vocab_size is not None:
-            text_config.vocab_size = vocab_size
-        model = cls(MODGPTConfig(text_config=text_config, **config_kwargs))
-        decoder = AutoModel.from_pretrained(pretrained_model_name_or_path)
-        decoder.resize_token_embeddings(text_config.vocab_size, mean_resizing=True)
-        model.model.language_model.load_state_dict(decoder.state_dict())
+            language_model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        model = cls(MODGPTConfig(text_config=language_model.config, **config_kwargs))
+        model.model.language_model.load_state_dict(language_model.base_model.state_dict())
+        model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+        segment_tokens = [model.config.speaker1_token_id, model.config.speaker2_token_id, model.config.image_token_id]
+        with torch.no_grad():
+            model.model.segment_embeddings.weight.copy_(model.get_input_embeddings().weight[segment_tokens])
         return model
 
     def get_output_embeddings(self) -> nn.Module:
@@ -717,9 +752,14 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         return meme_features[next_image_order]
 
     @staticmethod
-    def encoder_feature_size(meme_encoder_name: str) -> int:
-        """Size of the pooled features of a timm encoder, the `meme_feature_size` it needs."""
-        return timm.create_model(meme_encoder_name, pretrained=False, num_classes=0).num_features
+    def encoder_feature_size(meme_encoder: str | dict[str, Any]) -> int:
+        """
+        Size of the pooled features of a timm encoder, the `meme_feature_size` it needs: of an architecture name, or
+        of a `meme_encoder_config` dict (its architecture built with its `model_args`).
+        """
+        config = {"architecture": meme_encoder} if isinstance(meme_encoder, str) else meme_encoder
+        model_args = config.get("model_args") or {}
+        return timm.create_model(config["architecture"], pretrained=False, num_classes=0, **model_args).num_features
 
     def prepare_inputs_for_generation(
         self,

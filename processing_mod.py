@@ -5,19 +5,34 @@ import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, takewhile
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import timm
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import BatchFeature, BertTokenizer, ProcessorMixin
+from transformers import AutoTokenizer, BatchFeature, BertTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 try:
-    from .configuration_mod_gpt import IGNORE_INDEX, SEGMENTS, SPECIAL_TOKENS
+    from .configuration_mod_gpt import (
+        IGNORE_INDEX,
+        SEGMENTS,
+        SPECIAL_TOKENS,
+        is_timm_hub_model,
+        timm_hub_encoder_config,
+    )
 except ImportError:
-    from configuration_mod_gpt import IGNORE_INDEX, SEGMENTS, SPECIAL_TOKENS
+    from configuration_mod_gpt import (
+        IGNORE_INDEX,
+        SEGMENTS,
+        SPECIAL_TOKENS,
+        is_timm_hub_model,
+        timm_hub_encoder_config,
+    )
 
 
 SPEAKERS = ("speaker1", "speaker2")
@@ -71,11 +86,15 @@ class MemeImageProcessor(BaseImageProcessor):
 
     @classmethod
     def from_timm_model(cls, model_name: str) -> "MemeImageProcessor":
-        """The data config timm declares for `model_name` (read offline from timm's registry)."""
-        data_config = timm.data.resolve_data_config(
-            pretrained_cfg=timm.models.get_pretrained_cfg(model_name).to_dict()
-        )
-        return cls(**data_config)
+        """
+        The data config of a timm encoder: the `pretrained_cfg` of a timm hub id or local folder in its layout
+        (`timm/efficientnet_b0.ra_in1k`), or what timm's registry declares for an architecture (`efficientnet_b0`).
+        """
+        if is_timm_hub_model(model_name):
+            pretrained_cfg = timm_hub_encoder_config(model_name)["pretrained_cfg"]
+        else:
+            pretrained_cfg = timm.models.get_pretrained_cfg(model_name).to_dict()
+        return cls(**timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg))
 
     @property
     def transform(self):
@@ -113,7 +132,8 @@ class MODProcessor(ProcessorMixin):
 
     Args:
         image_processor ([`MemeImageProcessor`]): turns meme images into the encoder's `pixel_values`.
-        tokenizer ([`BertTokenizer`]): character-level for Chinese, WordPiece for other text, holding the special
+        tokenizer ([`PreTrainedTokenizerBase`]): the decoder's tokenizer (a `BertTokenizer` as CDial-GPT's, character
+            level for Chinese and WordPiece for other text, unless the decoder brings another), holding the special
             tokens `[BOS] [EOS] [PAD] [speaker1] [speaker2] [IMG] [TAG]`.
         max_length (`int`, *optional*, defaults to 500): longest encoding; older turns are dropped whole to fit, or,
             for training (`encode_windows`), a longer dialogue is cut into windows of whole turns.
@@ -123,7 +143,7 @@ class MODProcessor(ProcessorMixin):
     def __init__(
         self,
         image_processor: MemeImageProcessor | None = None,
-        tokenizer: BertTokenizer | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         max_length: int = 500,
         emotion_names: list[str] | None = None,
         **kwargs: Any,
@@ -165,14 +185,33 @@ class MODProcessor(ProcessorMixin):
     def from_vocab(
         cls, pretrained_name_or_path: str, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
     ) -> "MODProcessor":
-        """Use an existing BERT-style vocabulary (a folder or hub repo with `vocab.txt`, e.g. CDial-GPT's)."""
+        """
+        Use an existing BERT-style vocabulary (a folder or hub repo with `vocab.txt`, e.g. CDial-GPT's): its ids are
+        kept, tokens it has (`[PAD]`, `[speaker1]`, ...) are reused, and only the missing dialogue tokens are appended.
+        """
         # BertTokenizer rather than AutoTokenizer: CDial-GPT's folders carry an OpenAI-GPT config.json.
         tokenizer = BertTokenizer.from_pretrained(pretrained_name_or_path)
+        if tokenizer.mask_token_id >= tokenizer.vocab_size:  # CDial-GPT's vocabulary has none: add no unused token
+            tokenizer = BertTokenizer.from_pretrained(pretrained_name_or_path, mask_token=None)
+        return cls.from_tokenizer(tokenizer, meme_encoder_name, **kwargs)
+
+    @classmethod
+    def from_text_backbone(
+        cls, pretrained_name_or_path: str, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
+    ) -> "MODProcessor":
+        """
+        The tokenizer of a pretrained decoder (as `MODGPTForMemeDialogue.from_text_backbone` takes it), with the
+        dialogue special tokens added: a `vocab.txt` (CDial-GPT) through `from_vocab`, any other tokenizer (Qwen2's
+        byte-level BPE `tokenizer.json`, ...) through `AutoTokenizer`, its ids kept.
+        """
+        if has_vocab_file(pretrained_name_or_path):
+            return cls.from_vocab(pretrained_name_or_path, meme_encoder_name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_name_or_path, trust_remote_code=False)
         return cls.from_tokenizer(tokenizer, meme_encoder_name, **kwargs)
 
     @classmethod
     def from_tokenizer(
-        cls, tokenizer: BertTokenizer, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
+        cls, tokenizer: PreTrainedTokenizerBase, meme_encoder_name: str = "efficientnet_b0", **kwargs: Any
     ) -> "MODProcessor":
         """Add the dialogue special tokens (appended after the vocabulary) and pair it with the meme encoder's images."""
         tokenizer.add_special_tokens(DIALOGUE_SPECIAL_TOKENS)
@@ -189,7 +228,7 @@ class MODProcessor(ProcessorMixin):
         settings, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
         return cls(
             MemeImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
-            BertTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs),
             **{name: settings[name] for name in PROCESSOR_SETTINGS if name in settings},
         )
 
@@ -485,6 +524,17 @@ def describe(value: Any) -> str:
 def check_is_turn(turn: Any, where: str) -> None:
     if not isinstance(turn, Mapping):
         raise ValueError(f"{where}: a turn must be a dict, got {describe(turn)}.")
+
+
+def has_vocab_file(pretrained_name_or_path: str) -> bool:
+    """Whether a local folder or hub repo holds a `vocab.txt` (hub repos through the local cache when offline)."""
+    if Path(pretrained_name_or_path).is_dir():
+        return (Path(pretrained_name_or_path) / "vocab.txt").is_file()
+    try:
+        hf_hub_download(pretrained_name_or_path, "vocab.txt")
+    except EntryNotFoundError:
+        return False
+    return True
 
 
 def join_turns(turns: Sequence[Mapping[str, list]]) -> dict[str, list]:

@@ -43,7 +43,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -77,7 +76,7 @@ from mod_training.data import (
     validation_loader,
 )
 from mod_training.hub import start_hub_repo, upload, wait_for_uploads
-from mod_training.model_setup import build_model, build_processor, fill_meme_bank, load_meme_encoder_weights
+from mod_training.model_setup import build_model, build_processor, fill_meme_bank, imfe_encoder
 from mod_training.run_folder import MODEL_LINK, append_metrics, start_run_folder
 
 logger = get_logger("train")
@@ -410,9 +409,7 @@ def train_imfe(args: TrainArguments) -> dict[str, float]:
     images, labels, names = imfe_examples(args)
     if not labels:
         raise ArgumentError(f"--task imfe: no labelled images in {args.imfe_dataset or args.dataset!r}.")
-    encoder = timm.create_model(args.meme_encoder, pretrained=False, num_classes=len(names))
-    if args.meme_encoder_checkpoint:
-        load_meme_encoder_weights(encoder, args.meme_encoder_checkpoint)
+    encoder = imfe_encoder(args, len(names))
     loader = imfe_loader(images, labels, encoder, args.per_device_train_batch_size)
     steps_per_epoch = max(1, len(loader) // args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import timm
 import yaml
 from transformers import HfArgumentParser
 
-from configuration_mod_gpt import MODGPTConfig
+from configuration_mod_gpt import MODGPTConfig, is_timm_hub_model, timm_encoder_config, timm_hub_encoder_config
 
 from . import ArgumentError
 from .run_folder import RUN_MARKER, is_training_run
@@ -81,9 +82,17 @@ class TrainArguments:
         },
     )
     meme_encoder: str = field(
-        default="efficientnet_b0", metadata={"help": "timm model that encodes memes (--meme_features encoder)."}
+        default="efficientnet_b0",
+        metadata={
+            "help": "timm model that encodes memes (--meme_features encoder): a timm hub id or local folder in its "
+            "layout (config.json, model.safetensors), whose weights and data config it starts from, such as "
+            "timm/efficientnet_b0.ra_in1k; or a timm architecture, such as efficientnet_b0, which starts from "
+            "random weights."
+        },
     )
-    meme_encoder_checkpoint: str | None = field(default=None, metadata={"help": "Local timm weights for it."})
+    meme_encoder_checkpoint: str | None = field(
+        default=None, metadata={"help": "A local timm weights file for it, loaded instead of the --meme_encoder's."}
+    )
     meme_feature_normalization: Literal["standardize", "rms", "none"] = field(
         default="standardize",
         metadata={
@@ -210,6 +219,8 @@ def check_arguments(args: TrainArguments) -> None:
         )
     check_numbers(args)
     read_model_config(args.model_config)
+    if args.meme_features == "encoder":
+        read_meme_encoder_config(args.meme_encoder)
     check_input_paths(args)
     check_output_dir(args)
 
@@ -331,6 +342,23 @@ def is_mod_checkpoint(path: str | None) -> bool:
     except (OSError, ValueError) as error:
         raise ArgumentError(f"--init_from {path!r}: {config_file} is not valid JSON ({error}).") from error
     return isinstance(config, dict) and config.get("model_type") == MODGPTConfig.model_type
+
+
+def read_meme_encoder_config(value: str) -> dict[str, Any]:
+    """The `meme_encoder_config` that --meme_encoder names: a timm architecture, or a timm hub id or local folder."""
+    if not is_timm_hub_model(value):
+        if not timm.is_model(value):
+            raise ArgumentError(
+                f"--meme_encoder {value!r}: not a timm architecture (timm.list_models()), hub id or local folder."
+            )
+        return timm_encoder_config(value)
+    if looks_local(value) and not Path(value).is_dir():
+        raise ArgumentError(f"--meme_encoder {value!r}: no such folder.")
+    try:
+        return timm_hub_encoder_config(value)
+    except ValueError as error:
+        reason = " ".join(str(error).split())  # one line, also for the hub client's multi-line messages
+        raise ArgumentError(f"--meme_encoder {value!r}: cannot use it as a timm model: {reason}.") from error
 
 
 def read_model_config(value: str) -> dict[str, Any]:

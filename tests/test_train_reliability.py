@@ -638,7 +638,7 @@ def test_init_from_a_folder_without_a_model_is_reported(capsys, sample_dataset, 
     (tmp_path / "empty").mkdir()
     args = ["--dataset", str(sample_dataset), "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
     status, stderr = run_main(capsys, *args, "--init_from", str(tmp_path / "empty"))
-    assert status == 2 and f"--init_from '{tmp_path / 'empty'}': not a GPT-2 or CDial-GPT model" in stderr
+    assert status == 2 and f"--init_from '{tmp_path / 'empty'}': not a pretrained" in stderr
     assert not (tmp_path / "out").exists()
 
 
