@@ -48,6 +48,16 @@ demo: install
 app: install
 	$(BIN)/python app.py --model $(DEMO_DIR)/model --dataset $(DEMO_DIR)/data
 
+# The paper's recipe (README: Reproducing the paper): IMFE -> CEM -> MOD -> evaluation on the built release DATA, each
+# stage in a folder of RUNS, then the paper's tables beside ours. Online: the recipe starts from two hub checkpoints.
+# Run it again to skip the finished stages and resume a stopped one.
+DATA ?= data/mod-zh
+RUNS ?= runs/paper
+.PHONY: paper
+paper: install
+	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m mod_training.recipe --recipe recipes/mod_gpt \
+		--dataset $(DATA) --output_dir $(RUNS)
+
 # Every row at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
 	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json

@@ -322,6 +322,17 @@ class MODGPTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        """As `PreTrainedModel.from_pretrained`, with the meme encoder frozen as the config says: loading gives every
+        weight `requires_grad=True`, and a trainable frozen encoder would get no gradient (DDP refuses that)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # with `output_loading_info=True`
+        for module in model.modules():
+            if isinstance(module, MODGPTMemeEncoder):
+                module.requires_grad_(not model.config.freeze_meme_encoder)
+        return loaded
+
     def _init_weights(self, module: nn.Module) -> None:
         # Our own layers only: the decoder and the meme encoder initialise themselves.
         std = self.config.text_config.initializer_range

@@ -188,3 +188,14 @@ def test_a_config_with_a_value_of_the_wrong_type_is_a_value_error_naming_folder_
     (folder / "config.json").write_text(json.dumps({**config, "head_dropout": "lots"}))
     with pytest.raises(ValueError, match=r"model'?: config.json is not a valid MOD-GPT config.*head_dropout"):
         load_mod_gpt_config(str(folder))
+
+
+def test_a_loaded_model_keeps_its_meme_encoder_frozen_as_configured(tmp_path):
+    model = MODGPTForMemeDialogue.from_pretrained(FIXTURE)
+    assert model.config.freeze_meme_encoder and model.model.meme_encoder is not None
+    assert not any(parameter.requires_grad for parameter in model.model.meme_encoder.parameters())
+    assert all(parameter.requires_grad for parameter in model.model.language_model.parameters())
+    model.config.freeze_meme_encoder = False
+    model.save_pretrained(tmp_path)
+    trainable = MODGPTForMemeDialogue.from_pretrained(tmp_path, output_loading_info=True)[0]
+    assert all(parameter.requires_grad for parameter in trainable.model.meme_encoder.parameters())
