@@ -22,6 +22,7 @@ from transformers import (
 
 from configuration_mod_gpt import MODGPTConfig
 from modeling_mod_gpt import MODGPTForMemeDialogue, load_text_config
+from pipeline_mod import MemeDialoguePipeline
 from processing_mod import MODProcessor
 
 CDIAL_GPT = Path(__file__).parent / "fixtures" / "cdial_gpt"
@@ -153,6 +154,8 @@ def test_a_qwen2_hub_folder_keeps_its_tokenizer_decoder_and_untied_head(tmp_path
     assert MODProcessor.from_pretrained(tmp_path / "saved").tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     reply = reloaded.respond(DIALOGUES[1], processor, max_new_tokens=3)
     assert isinstance(reply["text"], str) and reply["meme"] in (None, *MEME_IDS)
+    chat = MemeDialoguePipeline(model=reloaded, processor=processor)  # what the web chat runs
+    assert chat(DIALOGUES[1], max_new_tokens=3, use_meme=True)["meme"] in MEME_IDS
 
 
 @pytest.mark.parametrize(
