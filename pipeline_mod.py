@@ -6,7 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+import torch
 from huggingface_hub.errors import StrictDataclassError
+from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, Pipeline, PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -39,10 +42,12 @@ class MemeDialoguePipeline(Pipeline):
     better meme) with `meme_image`, the chosen meme's image where `memes` has it.
 
     Args:
-        memes (`Mapping[str, PIL.Image.Image]` or a `memes` dataset split, *optional*):
+        memes (`Mapping[str, PIL.Image.Image | torch.Tensor]` or a `memes` dataset split, *optional*):
             Meme images by id, returned with each chosen meme. Memes the model's bank lacks become candidates of this
             pipeline: encoded by the model's meme encoder, or, for a model trained on the release's features (no
-            meme encoder), taken from the `feature` column of a `memes` dataset split. They enter a copy of the
+            meme encoder), taken from the `feature` column of a `memes` dataset split. A mapping may also hold a
+            meme's raw feature instead of its image (`encode_memes` computes them once, for memes used in many
+            calls, as the web chat's uploads are). They enter a copy of the
             bank that this pipeline keeps, so the model and other pipelines sharing it do not change. A call takes
             `memes` too, for that call only.
     Call arguments (given to `pipeline(...)` they apply to every call): `candidates` (meme ids to choose among, the
@@ -66,18 +71,43 @@ class MemeDialoguePipeline(Pipeline):
             return bank, images
         bank = bank.copy()
         if isinstance(memes, Mapping):
-            new = [meme for meme in memes if meme not in set(bank.ids)]
-            if new:
-                pixel_values = self.processor.image_processor([memes[meme] for meme in new])["pixel_values"]
-                self.model.add_memes(new, pixel_values=pixel_values, meme_bank=bank)
-        else:  # a memes table: its images, or its features for a model without a meme encoder
+            known = set(bank.ids)
+            features = {meme: value for meme, value in memes.items() if isinstance(value, torch.Tensor)}
+            new = {meme: value for meme, value in memes.items() if meme not in known and meme not in features}
+            features.update(self.encode_memes(new))
+            if features:
+                self.model.add_memes(
+                    list(features), meme_features=torch.stack(list(features.values())), meme_bank=bank
+                )
+        elif isinstance(memes, datasets.Dataset):  # its images, or its features for a model without a meme encoder
             self.model.add_new_memes(memes, self.processor.image_processor, meme_bank=bank)
+        else:
+            raise ValueError(
+                f"memes must map meme ids to images (or features) or be a `memes` dataset split, got a "
+                f"{type(memes).__name__}."
+            )
         return bank, {**images, **self.index_memes(memes)}
+
+    @torch.no_grad()
+    def encode_memes(self, images: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The raw meme feature of each image (by id), to pass as `memes` in later calls without encoding again."""
+        for meme, image in images.items():
+            if not isinstance(meme, str) or not isinstance(image, Image.Image):
+                raise ValueError(f"memes: {meme!r} must be a meme id (str) mapped to a PIL image, got {image!r}.")
+            try:
+                self.processor.image_processor.check_image(image)
+            except ValueError as error:
+                raise ValueError(f"meme {meme!r}: {error}") from None
+        if not images:
+            return {}
+        pixel_values = self.processor.image_processor(list(images.values()))["pixel_values"]
+        features = self.model.model.encode_meme_images(pixel_values.to(self.model.device))
+        return dict(zip(images, features.float().cpu()))
 
     @staticmethod
     def index_memes(memes: Any) -> dict:
         if isinstance(memes, Mapping):
-            return dict(memes)
+            return {meme: image for meme, image in memes.items() if isinstance(image, Image.Image)}
         return dict(zip(memes["meme_id"], memes["image"])) if "image" in memes.column_names else {}
 
     def _sanitize_parameters(self, **call_kwargs: Any):

@@ -46,6 +46,8 @@ LABEL_TURNS = ("all", "last", "none")
 LABEL_KEYS = ("labels", "usage_labels", "emotion_labels")
 PADDING_SIDES = ("right", "left")
 TURN_FIELDS = ("speaker", "text", "meme", "emotion")
+# A bound on a turn's text checked before tokenising it, so that no input costs more than a whole encoding could hold.
+MAX_CHARACTERS_PER_TOKEN = 8
 PROCESSOR_SETTINGS = ("max_length", "emotion_names")  # what processor_config.json holds besides the sub-processors
 CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # punctuation, ideographs, full-width forms
 # A space after a CJK character and before a non-space, or after any character and before a CJK character.
@@ -62,6 +64,10 @@ class MemeImageProcessor(BaseImageProcessor):
     """
     Turns meme images into the `pixel_values` of a timm encoder, with timm's own evaluation transform (resize,
     centre crop, normalise) built from a timm data config. Build one for an encoder with `from_timm_model`.
+
+    An image is checked before it is decoded or transformed: it must have pixels, at most `max_pixels` of them
+    (a small compressed file can hold a huge image), and sides no more than `max_aspect_ratio` to one (the transform
+    scales the short side to the input size, so a 20000 x 1 image would become 5,120,000 x 256).
     """
 
     model_input_names = ["pixel_values"]
@@ -74,9 +80,13 @@ class MemeImageProcessor(BaseImageProcessor):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         crop_pct: float = 0.875,
         crop_mode: str = "center",
+        max_pixels: int = 4096 * 4096,
+        max_aspect_ratio: float = 16.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self.input_size = list(input_size)
         self.interpolation = interpolation
         self.mean = list(mean)
@@ -109,9 +119,30 @@ class MemeImageProcessor(BaseImageProcessor):
             crop_mode=self.crop_mode,
         )
 
+    def check_image(self, image: Image.Image) -> None:
+        """Refuse an image without pixels, too large, or too elongated (see above), from its size alone."""
+        width, height = image.size
+        if width == 0 or height == 0:
+            raise ValueError(f"the image is {width} x {height} pixels: it has none.")
+        if width * height > self.max_pixels:
+            raise ValueError(
+                f"the image is {width} x {height} pixels, more than the {self.max_pixels:,} a meme may have."
+            )
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise ValueError(
+                f"the image is {width} x {height} pixels, longer than {self.max_aspect_ratio:g} to 1 (a meme's sides "
+                "may be at most that)."
+            )
+
     def preprocess(self, images: Image.Image | Iterable[Image.Image], return_tensors: str = "pt") -> BatchFeature:
+        images = image_list(images)
+        for index, image in enumerate(images):
+            try:
+                self.check_image(image)
+            except ValueError as error:
+                raise ValueError(f"meme image {index}: {error}") from None
         transform = self.transform
-        pixel_values = torch.stack([transform(image.convert("RGB")) for image in image_list(images)])
+        pixel_values = torch.stack([transform(image.convert("RGB")) for image in images])
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 
@@ -319,8 +350,8 @@ class MODProcessor(ProcessorMixin):
             raise ValueError(f"{where}: unknown field(s) {unknown}; a turn has the fields {list(TURN_FIELDS)}.")
         speaker = self.speaker_of(turn, where)
         text, meme, emotion = turn.get("text"), turn.get("meme"), turn.get("emotion")
-        if text is not None and not isinstance(text, str):
-            raise ValueError(f"{where}: 'text' must be a string or None, got {describe(text)}.")
+        if text is not None:
+            self.check_text(text, where)
         if meme is not None and not (isinstance(meme, str) and meme):
             raise ValueError(f"{where}: 'meme' must be a meme id (a non-empty string) or None, got {describe(meme)}.")
         if text is None and meme is None:
@@ -328,6 +359,24 @@ class MODProcessor(ProcessorMixin):
         if emotion is not None and meme is None:
             raise ValueError(f"{where}: 'emotion' is given for a turn without a meme, got {describe(emotion)}.")
         return Turn(speaker, text, meme, self.emotion_id(emotion, where))
+
+    def check_text(self, text: Any, where: str) -> None:
+        """A turn's text: a string of valid Unicode, refused before tokenising when it is longer than a whole
+        encoding could hold (`max_length` tokens of `MAX_CHARACTERS_PER_TOKEN` characters)."""
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: 'text' must be a string or None, got {describe(text)}.")
+        limit = self.max_length * MAX_CHARACTERS_PER_TOKEN
+        if len(text) > limit:
+            raise ValueError(
+                f"{where}: 'text' has {len(text):,} characters, more than the {limit:,} a turn may have "
+                f"({MAX_CHARACTERS_PER_TOKEN} per token of max_length={self.max_length})."
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{where}: 'text' is not valid Unicode text (character {error.start} is a lone surrogate)."
+            ) from None
 
     def speaker_of(self, turn: Mapping, where: str) -> str:
         """The turn's speaker, "speaker1" or "speaker2" (written with or without brackets)."""
@@ -384,7 +433,9 @@ class MODProcessor(ProcessorMixin):
         if label_turns not in LABEL_TURNS:
             raise ValueError(f"label_turns must be one of {LABEL_TURNS}, got {label_turns!r}.")
         turns = self.check_dialogue(dialogue, dialogue_index)
-        texts = self.tokenizer([turn.text or "" for turn in turns], add_special_tokens=False)["input_ids"]
+        # Text is text: a special-token string typed in it ("[EOS]") is encoded as characters, never as a control token.
+        texts = [turn.text or "" for turn in turns]
+        texts = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         labelled = {"all": range(1, len(turns)), "last": [len(turns) - 1], "none": []}[label_turns]
         unlabelled_keeps = ("emotion_labels",) if label_turns == "all" else ()
         return [
