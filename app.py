@@ -1,34 +1,42 @@
 """A web chat with a trained MOD-GPT: its replies show their meme images, as the paper's figures do.
 
     python app.py --model demo_output/model --dataset demo_output/data [--port 7860] [--host 127.0.0.1]
+                  [--concurrency 4] [--max_file_size 10mb]
 
 `--model` is a saved MOD-GPT folder (or `hf://owner/name` on the hub), `--dataset` a dataset folder built by
 `python -m mod_dataset build`: its `memes` config gives the meme images, and its memes missing from the model's bank
 (the unseen ones) become candidates too. A model folder with this file beside it is a Hugging Face Space.
 
 The page sends text, a meme picked from the gallery, or both; an uploaded image becomes a new meme of this chat
-only (encoded by the model's meme encoder, as unseen memes are). The sliders set the paper's sampling (top-p,
-temperature) and how many ranked memes are listed with their scores.
+only (encoded by the model's meme encoder once, when it is added, as unseen memes are). The sliders set the paper's
+sampling (top-p, temperature) and how many ranked memes are listed with their scores. `--concurrency` chats are
+answered at once (one model shared by all), `--max_file_size` bounds an upload.
 """
 
 import argparse
+import html
 import itertools
 import os
+import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import gradio as gr
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline_mod import HUB_PREFIX, MemeDialoguePipeline, load_mod_gpt, load_mod_gpt_config
 
 USER, MODEL = "speaker1", "speaker2"
 UPLOAD_PREFIX = "new-"
+DEFAULT_CONCURRENCY = 4
+DEFAULT_MAX_FILE_SIZE = "10mb"
+FILE_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 
 
 @dataclass
@@ -47,15 +55,39 @@ class Reply:
     ranked_memes: list[tuple[str, float]]  # (meme id, score), best first: higher scores rank higher
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A meme uploaded to one chat: its file (only shown on the page) and its raw feature, encoded once at upload."""
+
+    path: str
+    feature: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Chat:
+    """
+    One session's chat, kept in a `gr.State` (each browser tab or API client has its own): the turns as the pipeline
+    takes them, the same as the page shows them, and the chat's uploaded memes by id. Handlers never change one: they
+    return a new one, so a refused input leaves the chat as it was.
+    """
+
+    dialogue: list[dict] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    uploads: dict[str, Upload] = field(default_factory=dict)
+
+
 # The model ----------------------------------------------------------------------------------------------------------
 
 
 def ask_model(
-    pipe: MemeDialoguePipeline, dialogue: list[dict], chat_memes: Mapping[str, Image.Image], sampling: Sampling
+    pipe: MemeDialoguePipeline,
+    dialogue: list[dict],
+    chat_memes: Mapping[str, Image.Image | torch.Tensor],
+    sampling: Sampling,
 ) -> Reply:
     """
-    The model's reply to `dialogue`, with this chat's own memes (id -> image) as candidates too. The only place that
-    knows the pipeline's call arguments and output format.
+    The model's reply to `dialogue`, with this chat's own memes (id -> image, or raw feature from
+    `pipe.encode_memes`) as candidates too. The only place that knows the pipeline's call arguments and output format.
     """
     output = pipe(
         dialogue,
@@ -69,14 +101,47 @@ def ask_model(
     return Reply(output["text"], output["meme"], output["emotion"], ranked)
 
 
-def check_meme_image(pipe: MemeDialoguePipeline, image: Image.Image) -> None:
-    """Encode `image` as a meme once, so that a model or image that cannot do it fails at upload."""
-    pixel_values = pipe.processor.image_processor([image])["pixel_values"]
-    with torch.no_grad():
-        pipe.model.get_meme_features(pixel_values.to(pipe.model.device))
+def open_meme_image(path: str, image_processor) -> Image.Image:
+    """
+    The image file at `path` as RGB, once its header has passed `image_processor.check_image` (pixels, size, aspect
+    ratio): `Image.open` reads only the header, so a small file holding a huge image is refused before any pixel is
+    decoded. A `ValueError` says why the file cannot be a meme. Pillow's `DecompressionBombWarning` is refused too where
+    it is an error, as `main` makes it.
+    """
+    try:
+        with Image.open(path) as image:
+            image_processor.check_image(image)
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(
+            "it is not an image this app can read: an empty image (0 x 0 pixels), a damaged file, or a format Pillow "
+            "does not decode (SVG, for one)."
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"it is too large to decode: {error}") from None
+    except (OSError, EOFError, SyntaxError) as error:  # a damaged file (a ValueError says why on its own)
+        raise ValueError(f"its pixels cannot be decoded ({type(error).__name__}: {error}).") from None
 
 
 # Loading ------------------------------------------------------------------------------------------------------------
+
+
+def file_size(text: str) -> int:
+    """`10mb`, `512kb`, `2gb`, `1000b` (gradio's form) as a number of bytes; an `ArgumentTypeError` otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?b)\s*", text.lower())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file size such as 10mb, 512kb or 1gb.")
+    return int(match[1]) * FILE_SIZE_UNITS[match[2]]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer.")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +153,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--host",
         default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="Address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help="How many messages or uploads (of any chats) the model works on at once; more wait in the queue "
+        f"(default {DEFAULT_CONCURRENCY}).",
+    )
+    parser.add_argument(
+        "--max_file_size",
+        type=file_size,
+        default=DEFAULT_MAX_FILE_SIZE,
+        help=f"The largest file a user may upload, e.g. 10mb, 512kb (default {DEFAULT_MAX_FILE_SIZE}).",
     )
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="Load the model with the code files saved in its folder."
@@ -185,57 +263,103 @@ def selection_note(meme: str | None) -> str:
 
 
 def refused(message: str, num_outputs: int) -> tuple:
-    """Show `message` on the page and leave every output as it was: bad input never breaks the chat."""
-    gr.Warning(message)
+    """
+    Show `message` on the page (as text: the warning renders HTML) and leave every output as it was: bad input never
+    breaks the chat.
+    """
+    gr.Warning(html.escape(message, quote=False))
     return (gr.skip(),) * num_outputs
 
 
-def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blocks:
-    generation = pipe.model.generation_config
+class ChatHandlers:
+    """
+    The page's event handlers, callable without a browser. Each takes its event's inputs (a session's `Chat` among
+    them) and returns its outputs, or `refused(...)`: a warning naming what was wrong, and every output unchanged.
+    The pipeline is shared by all sessions (and threads, see `--concurrency`); everything of one chat is in its `Chat`.
+    """
 
-    def chat_files(uploads: dict[str, str]) -> dict[str, str]:
-        return {**bank_files, **uploads}
+    SEND_OUTPUTS, ADD_OUTPUTS, PICK_OUTPUTS = 6, 4, 2
 
-    def pick_meme(uploads: dict[str, str], event: gr.SelectData):
-        meme = list(chat_files(uploads))[event.index]
-        return meme, selection_note(meme)
+    def __init__(self, pipe: MemeDialoguePipeline, bank_files: Mapping[str, str]):
+        self.pipe, self.bank_files = pipe, dict(bank_files)
 
-    def send(text, meme, dialogue, uploads, messages, top_p, temperature, max_new_tokens, memes_listed):
+    def files(self, chat: Chat) -> dict[str, str]:
+        """Meme id -> image file of every meme this chat may send or be answered with (the gallery's order)."""
+        return {**self.bank_files, **{meme: upload.path for meme, upload in chat.uploads.items()}}
+
+    def pick_meme(self, chat: Chat, event: gr.SelectData):
+        """Outputs: picked meme, note."""
+        memes, index = list(self.files(chat)), event.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(memes):
+            return refused(
+                f"Gallery item {str(index)[:20]} is not a meme of this chat (it has {len(memes)}): pick one in the "
+                "gallery.",
+                self.PICK_OUTPUTS,
+            )
+        return memes[index], selection_note(memes[index])
+
+    def send(self, text, meme, chat: Chat, top_p, temperature, max_new_tokens, memes_listed):
+        """Outputs: chat, chatbot, ranked memes, textbox, picked meme, note."""
         text = (text or "").strip() or None
         if text is None and meme is None:
-            return refused("Type a message or pick a meme to send.", len(after_send))
+            return refused("Type a message or pick a meme to send.", self.SEND_OUTPUTS)
+        if text is not None:
+            try:  # before anything else reads it: its length and its Unicode, as the processor would refuse them
+                self.pipe.processor.check_text(text, "Your message")
+            except ValueError as error:
+                return refused(str(error), self.SEND_OUTPUTS)
+        files = self.files(chat)
+        if meme is not None and meme not in files:
+            return refused(
+                f"Meme {meme[:40]!r} is not one of this chat's: pick one in the gallery.", self.SEND_OUTPUTS
+            )
         turn = {"speaker": USER, "text": text, "meme": meme, "emotion": None}
         sampling = Sampling(float(top_p), float(temperature), int(max_new_tokens), int(memes_listed))
-        chat_memes = {meme_id: Image.open(path).convert("RGB") for meme_id, path in uploads.items()}
+        chat_memes = {meme_id: upload.feature for meme_id, upload in chat.uploads.items()}
         try:
-            reply = ask_model(pipe, dialogue + [turn], chat_memes, sampling)
+            reply = ask_model(self.pipe, chat.dialogue + [turn], chat_memes, sampling)
         except ValueError as error:
-            return refused(f"The model cannot answer this: {error}", len(after_send))
-        files = chat_files(uploads)
+            return refused(f"The model cannot answer this: {error}", self.SEND_OUTPUTS)
         # A turn's emotion is a training label, never read as input: the reply's predicted one is only shown.
         answer = {"speaker": MODEL, "text": reply.text, "meme": reply.meme, "emotion": None}
-        messages = messages + [user_message(turn, files), model_message(reply, files)]
-        return messages, dialogue + [turn, answer], ranked_items(reply, files), "", None, selection_note(None)
+        messages = chat.messages + [user_message(turn, files), model_message(reply, files)]
+        chat = Chat(chat.dialogue + [turn, answer], messages, chat.uploads)
+        return chat, messages, ranked_items(reply, files), "", None, selection_note(None)
 
-    def add_meme(image_path, uploads):
+    def add_meme(self, image_path, chat: Chat):
+        """Outputs: chat, gallery, upload, upload note."""
         if image_path is None:
-            return refused("Choose an image file to add as a meme first.", len(after_add))
+            return refused("Choose an image file to add as a meme first.", self.ADD_OUTPUTS)
         try:
-            with Image.open(image_path) as image:
-                check_meme_image(pipe, image.convert("RGB"))
-        except (OSError, ValueError) as error:
-            return refused(f"This image cannot be used as a meme: {error}", len(after_add))
-        meme = new_meme_id(chat_files(uploads))
-        uploads = {**uploads, meme: image_path}
+            image = open_meme_image(image_path, self.pipe.processor.image_processor)
+            feature = self.pipe.encode_memes({"upload": image})["upload"]
+        except ValueError as error:
+            return refused(f"The uploaded image cannot be a meme: {error}", self.ADD_OUTPUTS)
+        meme = new_meme_id(self.files(chat))
+        chat = Chat(chat.dialogue, chat.messages, {**chat.uploads, meme: Upload(image_path, feature)})
         note = f"Added meme **{meme}** to this chat: the model can reply with it, and you can send it."
-        return uploads, gallery_items(chat_files(uploads)), None, note
+        return chat, gallery_items(self.files(chat)), None, note
 
-    def reset():
-        return [], [], [], "", None, selection_note(None)
+    @staticmethod
+    def reset(chat: Chat):
+        """A new dialogue, with this chat's uploaded memes. Outputs: chat, chatbot, ranked memes, textbox, picked, note."""
+        return Chat(uploads=chat.uploads), [], [], "", None, selection_note(None)
+
+
+def build_page(
+    pipe: MemeDialoguePipeline, bank_files: dict[str, str], concurrency: int = DEFAULT_CONCURRENCY
+) -> gr.Blocks:
+    """
+    The page; its events that run the model (a message, an upload) share one queue slot pool of `concurrency`, so
+    that many chats are answered at once and no more.
+    """
+    generation = pipe.model.generation_config
+    handlers = ChatHandlers(pipe, bank_files)
+    on_model = {"concurrency_limit": concurrency, "concurrency_id": "model"}
 
     with gr.Blocks(title="MOD-GPT meme chat") as page:
         gr.Markdown("# MOD-GPT meme chat\nTalk with text, memes, or both; the model answers the same way.")
-        dialogue, uploads, picked = gr.State([]), gr.State({}), gr.State(None)
+        chat, picked = gr.State(Chat()), gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Dialogue", height=540, elem_id="dialogue")
@@ -263,7 +387,11 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                     elem_id="memes",
                 )
                 with gr.Accordion("Add a meme of your own", open=False):
-                    upload = gr.Image(type="filepath", sources=["upload"], label="Image", height=160, elem_id="upload")
+                    # A file, not a gr.Image: gradio would decode a non-RGB image to convert it before `add_meme`
+                    # checks its size.
+                    upload = gr.File(
+                        label="Image file", file_types=["image"], type="filepath", height=120, elem_id="upload"
+                    )
                     add_button = gr.Button("Add to this chat's memes", size="sm", elem_id="add-meme")
                     upload_note = gr.Markdown(elem_id="upload-note")
                 top_p = gr.Slider(0.05, 1.0, value=generation.top_p or 0.9, step=0.05, label="top-p")
@@ -275,15 +403,20 @@ def build_page(pipe: MemeDialoguePipeline, bank_files: dict[str, str]) -> gr.Blo
                     1, 10, value=5, step=1, label="memes listed (with their scores)", elem_id="memes-listed"
                 )
 
-        after_add = [uploads, gallery, upload, upload_note]
-        gallery.select(pick_meme, [uploads], [picked, note])
-        unpick_button.click(lambda: (None, selection_note(None)), None, [picked, note])
-        sent = [textbox, picked, dialogue, uploads, chatbot, top_p, temperature, max_new_tokens, memes_listed]
-        after_send = [chatbot, dialogue, ranked, textbox, picked, note]
-        send_button.click(send, sent, after_send)
-        textbox.submit(send, sent, after_send)
-        add_button.click(add_meme, [upload, uploads], after_add)
-        reset_button.click(reset, None, [chatbot, dialogue, ranked, textbox, picked, note])
+        gallery.select(handlers.pick_meme, [chat], [picked, note])
+        unpick_button.click(lambda: (None, selection_note(None)), None, [picked, note], api_name="unpick")
+        gr.on(
+            [send_button.click, textbox.submit],
+            handlers.send,
+            [textbox, picked, chat, top_p, temperature, max_new_tokens, memes_listed],
+            [chat, chatbot, ranked, textbox, picked, note],
+            api_name="send",
+            **on_model,
+        )
+        add_button.click(
+            handlers.add_meme, [upload, chat], [chat, gallery, upload, upload_note], api_name="add_meme", **on_model
+        )
+        reset_button.click(handlers.reset, [chat], [chat, chatbot, ranked, textbox, picked, note], api_name="reset")
     return page
 
 
@@ -294,8 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"app.py: error: {error}", file=sys.stderr)
         return 2
-    page = build_page(pipe, bank_files)
-    page.queue().launch(server_name=args.host, server_port=args.port, show_error=True)
+    # A file past Pillow's decompression-bomb threshold is refused at upload, never decoded (see `open_meme_image`).
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    page = build_page(pipe, bank_files, args.concurrency)
+    page.queue(default_concurrency_limit=args.concurrency).launch(
+        server_name=args.host, server_port=args.port, show_error=True, max_file_size=args.max_file_size
+    )
     return 0
 
 
