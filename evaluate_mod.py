@@ -4,8 +4,11 @@
     python evaluate_mod.py --model ... --dataset ... --split hard_test --write_submission submission/
 
 By default every test split of the dataset is evaluated (the validation split when it has none). Text replies are
-sampled with the paper's decoding (nucleus 0.9, temperature 0.7) from a fixed seed, in padded batches through
-`generate` with its KV cache. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
+sampled with the model's decoding (its generation config: the paper's nucleus 0.9, temperature 0.7) in padded batches
+through `generate` with its KV cache; each reply's randomness is drawn from `--seed` and its instance's id alone, so
+the figures do not depend on the batch size or the number of processes. Run through `accelerate launch
+--num_processes N` (or torchrun), every view is shared out between the processes and gathered; the main process
+prints the tables and writes the files. Table 4 shows the organisers' BLEU (nltk, per character, corpus level); the JSON
 results also keep their sentence-averaged BLEU and sacrebleu's figures (see mod_metrics/mod_text). A split without gold
 answers (the challenge's test release) is not scored: with --write_submission its predictions are written in the
 release's layout, ready to submit, under the release's file names (`c_` for a Chinese dataset, `e_` for English, from
@@ -18,6 +21,8 @@ are checked against the counts the dataset card declares, and every start-up che
 """
 
 import argparse
+import copy
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -26,8 +31,18 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object, parse_flag_from_env
 from huggingface_hub import DatasetCard
 from tqdm.auto import tqdm
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from mod_dataset import expected_counts
 from mod_dataset.release import TASK_SPLITS
@@ -54,11 +69,26 @@ WRITER = "evaluate_mod.py"
 # The release's file name prefix by dataset language (the card's `language`), and the one taken when it is unknown.
 RELEASE_PREFIXES = {"zh": "c", "en": "e"}
 DEFAULT_RELEASE_PREFIX = "c"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def batched(rows: list, size: int, description: str):
-    for start in tqdm(range(0, len(rows), size), desc=description, leave=False):
+    progress = tqdm(range(0, len(rows), size), desc=description, leave=False, disable=not is_main_process())
+    for start in progress:
         yield rows[start : start + size]
+
+
+def is_main_process() -> bool:
+    return PartialState().is_main_process
+
+
+def shared_out(work, rows: list) -> tuple[list, ...]:
+    """
+    `work(share)`, a tuple of lists in row order, run on this process's contiguous share of `rows`; each list
+    gathered from every process, in process (so row) order, on every process. With one process, `work(rows)` itself.
+    """
+    with PartialState().split_between_processes(rows) as share:
+        return tuple(gather_object(list(column)) for column in work(share))
 
 
 def reply_turn(row: dict, text: str) -> dict:
@@ -74,21 +104,72 @@ def at_last(inputs: dict, token_id: int, head_outputs: torch.Tensor) -> torch.Te
 # Table 4: text ------------------------------------------------------------------------------------------------------
 
 
+def sampling_warpers(generation_config: GenerationConfig) -> LogitsProcessorList:
+    """The temperature, top-k and top-p warpers of `generation_config` (an unset one does not warp)."""
+    temperature, top_k, top_p = generation_config.temperature, generation_config.top_k, generation_config.top_p
+    temperature, top_k, top_p = temperature or 1.0, top_k or 0, 1.0 if top_p is None else top_p
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def noise_seed(seed: int, instance: str, step: int) -> int:
+    """A stable 64-bit seed for the noise of one instance's `step`-th generated token."""
+    digest = hashlib.blake2b(f"{seed}\0{instance}\0{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class InstanceSampler(LogitsProcessor):
+    """
+    Sampling that depends only on the seed and the instance: the warped scores of each row plus Gumbel noise drawn
+    from a generator seeded by (seed, the row's instance id, the step), for greedy decoding to take the argmax. The
+    Gumbel-max trick makes that argmax an exact sample of the warped distribution, whatever batch the row is in.
+    """
+
+    def __init__(self, warpers: LogitsProcessorList, seed: int, instances: list[str], prompt_width: int):
+        self.warpers, self.seed, self.instances, self.prompt_width = warpers, seed, instances, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        scores = self.warpers(input_ids, scores)
+        uniform = torch.stack(
+            [
+                torch.rand(
+                    scores.shape[-1],
+                    generator=torch.Generator().manual_seed(noise_seed(self.seed, instance, step)),
+                    dtype=torch.float64,
+                )
+                for instance in self.instances
+            ]
+        )
+        gumbel = -torch.log(-torch.log(uniform))
+        return scores + gumbel.to(scores.device, scores.dtype)
+
+
 @torch.no_grad()
-def generate_replies(model, processor, rows: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
+def generate_replies(model, processor, rows: list[dict], batch_size: int, max_new_tokens: int, seed: int) -> list[str]:
+    """A reply sampled for each row with the model's generation config, its noise keyed by `seed` and the row's id."""
+    warpers = sampling_warpers(model.generation_config)
+    greedy = copy.deepcopy(model.generation_config)  # the warpers and the noise do the sampling, in `InstanceSampler`
+    greedy.update(do_sample=False, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
     replies = []
     for chunk in batched(rows, batch_size, "generation"):
         prompt = model.dialogue_inputs(
             processor, [row["history"] for row in chunk], add_generation_prompt=True, max_new_tokens=max_new_tokens
         )
+        width = prompt["input_ids"].shape[1]
+        sampler = InstanceSampler(warpers, seed, [row["id"] for row in chunk], width)
         generated = model.generate(
             **{key: prompt[key] for key in DIALOGUE_INPUTS},
-            do_sample=True,
-            top_p=0.9,
-            temperature=0.7,
-            max_new_tokens=max_new_tokens,
+            generation_config=greedy,
+            logits_processor=LogitsProcessorList([sampler]),
         )
-        replies += processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
+        replies += processor.decode_replies(generated[:, width:])
     return replies
 
 
@@ -106,7 +187,7 @@ def gold_response_nll(model, processor, rows: list[dict], batch_size: int) -> tu
 
 
 def text_scores(model, processor, rows: list[dict], replies: list[str], batch_size: int) -> dict[str, float]:
-    nll_sums, counts = gold_response_nll(model, processor, rows, batch_size)
+    nll_sums, counts = shared_out(lambda share: gold_response_nll(model, processor, share, batch_size), rows)
     references = [row["answer"] for row in rows]
     return load_metric("mod_text").compute(
         predictions=replies, references=references, nll_sums=nll_sums, token_counts=counts
@@ -132,6 +213,8 @@ def reply_meme_predictions(model, processor, rows: list[dict], batch_size: int) 
 
 def rank_memes(model, processor, rows: list[dict], batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
     """For each instance: its official candidates ranked, and the `RT_CUTOFF` nearest memes of the whole bank."""
+    if not rows:  # a process's share of a view smaller than the number of processes
+        return [], []
     predictions = reply_meme_predictions(model, processor, rows, batch_size)
     ranked = model.retrieve_memes(predictions, [row["candidates"] for row in rows])
     nearest = model.retrieve_memes(predictions, top_k=RT_CUTOFF)
@@ -163,12 +246,18 @@ def merge_scores(first: dict, second: dict) -> dict:
 # Usage and Table 7: emotion -----------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int) -> dict[str, float]:
     """
     The usage decision at every [TAG] from each dialogue's second turn on, the turns the processor labels: the
     dataset's dialogues hold only turns whose meme use the release states. `count` says how many were scored.
     """
+    predictions, references = shared_out(lambda share: usage_decided(model, processor, share, batch_size), dialogues)
+    return load_metric("mod_usage").compute(predictions=predictions, references=references)
+
+
+@torch.no_grad()
+def usage_decided(model, processor, dialogues: list[list[dict]], batch_size: int) -> tuple[list[int], list[int]]:
+    """The predicted and the labelled usage decision at each labelled [TAG] of `dialogues`, in reading order."""
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
         inputs, outputs = model.run_dialogues(processor, chunk)
@@ -177,7 +266,7 @@ def usage_scores(model, processor, dialogues: list[list[dict]], batch_size: int)
         )
         predictions += predicted.tolist()
         references += labelled.tolist()
-    return load_metric("mod_usage").compute(predictions=predictions, references=references)
+    return predictions, references
 
 
 def emotion_ks(num_emotions: int) -> list[int]:
@@ -206,11 +295,16 @@ def emotion_scores(rows: list[dict], ranked: list[list[int]], ks: list[int]) -> 
 
 
 def predict(model, processor, views: dict[str, list[dict]], args) -> dict[str, list]:
-    """What the submission files hold (replies, ranked candidates, ranked emotions), and the nearest memes."""
-    torch.manual_seed(args.seed)
-    replies = generate_replies(model, processor, views["response"], args.batch_size, args.max_new_tokens)
-    ranked, nearest = rank_memes(model, processor, views["retrieval"], args.batch_size)
-    emotions = rank_emotions(model, processor, views["emotion"], args.batch_size)
+    """
+    What the submission files hold (replies, ranked candidates, ranked emotions), and the nearest memes: each view
+    shared out between the processes, and gathered.
+    """
+    (replies,) = shared_out(
+        lambda rows: (generate_replies(model, processor, rows, args.batch_size, args.max_new_tokens, args.seed),),
+        views["response"],
+    )
+    ranked, nearest = shared_out(lambda rows: rank_memes(model, processor, rows, args.batch_size), views["retrieval"])
+    (emotions,) = shared_out(lambda rows: (rank_emotions(model, processor, rows, args.batch_size),), views["emotion"])
     return {"replies": replies, "ranked": ranked, "nearest": nearest, "emotions": emotions}
 
 
@@ -502,6 +596,7 @@ def start(args) -> Setup:
     check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
     memes = next(iter(configs["memes"].values()))
     model, processor = load_model(args.model, config, memes, args.trust_remote_code)
+    model.to(evaluation_device(args.device), DTYPES[args.dtype])
     return Setup(configs, annotated, model, processor, memes)
 
 
@@ -516,12 +611,49 @@ def evaluate(args, setup: Setup) -> dict[str, dict]:
             continue  # nothing to score, nothing to write
         views = split_views(setup.configs, split, args.limit)
         predicted = predict(model, processor, views, args)
-        if args.write_submission:
+        if args.write_submission and is_main_process():
             write_submission(Path(args.write_submission), split, views, predicted, prefix)
             results[split]["submission"] = args.write_submission
         if annotated:
             results[split].update(score(model, processor, views, predicted, seen, args.batch_size))
     return results
+
+
+def machine_accelerator() -> torch.device | None:
+    """This machine's accelerator (`cuda`, `mps`, ...), if it has one that torch can use."""
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+
+
+def start_processes(device: torch.device | None) -> PartialState:
+    """
+    accelerate's state of this run's processes (one, or those that `accelerate launch` or torchrun started): CPU
+    processes where asked (`--device cpu`, or ACCELERATE_USE_CPU as `accelerate launch --cpu` sets) or where the
+    machine has no accelerator.
+    """
+    no_accelerator = machine_accelerator() is None
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or no_accelerator or (device is not None and device.type == "cpu")
+    return PartialState(cpu=cpu)
+
+
+def evaluation_device(requested: torch.device | None) -> torch.device:
+    """The device asked for, else accelerate's: each process's own (its accelerator when there is one, else CPU)."""
+    own = PartialState().device
+    if requested is None or (requested.type == own.type and requested.index is None):
+        return own
+    return requested
+
+
+def device_type(value: str) -> torch.device:
+    """A device that torch knows and that this machine has: `cpu`, or its accelerator's type (`cuda`, `cuda:1`)."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device ({error})") from None
+    accelerator = machine_accelerator()
+    if device.type != "cpu" and (accelerator is None or accelerator.type != device.type):
+        have = "cpu" + (f" and {accelerator.type}" if accelerator else " only")
+        raise argparse.ArgumentTypeError(f"{value!r}: this machine has no {device.type} device (it has {have})")
+    return device
 
 
 def positive_int(value: str) -> int:
@@ -551,14 +683,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_new_tokens", type=positive_int, default=32)
     parser.add_argument("--limit", type=positive_int, help="Evaluate only the first N instances of each view.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seeds each reply's sampling, with its instance's id.")
+    parser.add_argument(
+        "--device",
+        type=device_type,
+        help="Where the model runs (default: the accelerator when there is one, else cpu; with several processes, "
+        "each process's own).",
+    )
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="The model's weights and compute.")
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
+    start_processes(args.device)
     try:
         setup = start(args)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     results = evaluate(args, setup)
+    if not is_main_process():
+        return 0
     print_tables(results)
     if args.output:
         Path(args.output).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -119,13 +119,14 @@ class MemeRetrieval:
 
 
 def default_generation_config(config: MODGPTConfig, use_cache: bool = True) -> GenerationConfig:
-    """The paper's decoding: nucleus sampling with top_p 0.9 and temperature 0.7, stopping at `[EOS]`.
+    """The paper's decoding: nucleus sampling with top_p 0.9 and temperature 0.7 (and no top-k), stopping at `[EOS]`.
 
     The other dialogue special tokens are suppressed: a reply is text, and its meme comes from the heads.
     """
     never_generated = [token_id for name, token_id in config.special_token_ids.items() if name != "eos_token_id"]
     return GenerationConfig(
         do_sample=True,
+        top_k=0,
         top_p=0.9,
         temperature=0.7,
         max_new_tokens=32,
@@ -989,7 +990,7 @@ def reply_to_dialogues(
         attach = outputs.usage_logits[last_tag].argmax(-1).bool().tolist()
     else:
         attach = [use_meme] * len(dialogues)
-    chosen = [ranking.meme_ids[0] if uses else None for ranking, uses in zip(rankings, attach)]
+    chosen = [ranking.meme_ids[0] if uses and ranking.meme_ids else None for ranking, uses in zip(rankings, attach)]
     emotions = predict_emotions(model, processor, dialogues, replies, chosen, bank)
     return [
         {

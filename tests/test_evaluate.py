@@ -2,8 +2,10 @@
 sample, and its parts on rows built here in the dataset's schema."""
 
 import json
+import math
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import datasets
@@ -14,6 +16,7 @@ import torch
 import yaml
 from conftest import DIALOGUES, run_script
 from test_inference import marked_copy
+from transformers import GenerationConfig
 
 import evaluate_mod
 from mod_dataset import SAMPLE_DIR
@@ -485,3 +488,117 @@ def test_a_submission_folder_of_other_files_is_refused_before_any_work(
         ["--model", "unused", "--dataset", str(sample_dataset), spelling, str(tmp_path / "file")], capsys
     )
     assert "is a file, not a folder" in message
+
+
+# Replies keyed by instance; several processes; device and dtype ------------------------------------------------------
+
+
+def submission_files(folder: Path) -> dict[str, list]:
+    return {path.name: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))}
+
+
+def figures(results: dict, path: tuple = ()) -> dict[tuple, object]:
+    """Every figure of a results.json (samples included) by its path of keys, the submission folder's name left out."""
+    if not isinstance(results, dict):
+        return {path: results}
+    return {
+        key_path: value
+        for key, item in results.items()
+        if key != "submission"
+        for key_path, value in figures(item, (*path, key)).items()
+    }
+
+
+def assert_same_figures(first: dict, second: dict) -> None:
+    first, second = figures(first), figures(second)
+    assert first.keys() == second.keys()
+    for path, value in first.items():
+        if path[-1] == "perplexity":  # the gold log-likelihoods of differently padded batches: float rounding only
+            assert second[path] == pytest.approx(value, rel=1e-6), path
+        else:
+            assert second[path] == value, path
+
+
+SMALL_RUN = ["--limit", "10", "--max_new_tokens", "8"]
+
+
+def run_in_process(argv: list[str], folder: Path) -> tuple[dict, dict[str, list]]:
+    """evaluate_mod.main in this process: results.json and the submission files it wrote into `folder`."""
+    folder.mkdir()
+    argv = [*argv, "--output", str(folder / "results.json"), "--write_submission", str(folder / "submission")]
+    assert evaluate_mod.main(argv) == 0
+    return json.loads((folder / "results.json").read_text()), submission_files(folder / "submission")
+
+
+@pytest.fixture(scope="module")
+def batch_of_16(trained_model, sample_dataset, tmp_path_factory) -> tuple[dict, dict[str, list]]:
+    argv = ["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "16", *SMALL_RUN]
+    return run_in_process(argv, tmp_path_factory.mktemp("batch_16") / "run")
+
+
+def test_sampled_replies_do_not_depend_on_the_batch_size(batch_of_16, trained_model, sample_dataset, tmp_path):
+    argv = ["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "4", *SMALL_RUN]
+    results, submission = run_in_process(argv, tmp_path / "batch_4")
+    assert_same_figures(batch_of_16[0], results)
+    assert submission == batch_of_16[1] and len(submission) == 7  # 2 splits x 3 tasks, and the marker
+    replies = [instance["answer"]["txt"] for instance in submission["c_test_easy_task1.json"]]
+    assert len(replies) == 10 and len(set(replies)) > 1  # sampled, not one reply for all
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_figures_and_files_of_one(batch_of_16, trained_model, sample_dataset, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
+    evaluation = run_script(
+        "evaluate_mod.py",
+        *["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "4", *SMALL_RUN],
+        *["--output", str(tmp_path / "results.json"), "--write_submission", str(tmp_path / "submission")],
+        launcher=torchrun,
+        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert evaluation.stdout.count("Table 4: text response") == 1  # the main process alone prints
+    assert_same_figures(batch_of_16[0], json.loads((tmp_path / "results.json").read_text()))
+    assert submission_files(tmp_path / "submission") == batch_of_16[1]
+
+
+def test_instance_noise_samples_the_warped_distribution_whatever_the_batch():
+    warpers = evaluate_mod.sampling_warpers(GenerationConfig(temperature=0.7, top_p=0.9))
+    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    expected = warpers(None, scores.clone()).softmax(-1)[0]
+    assert expected[-1] == 0  # cut by top-p
+
+    def pick(instances: list[str], step: int = 0) -> list[int]:
+        sampler = evaluate_mod.InstanceSampler(warpers, 0, instances, prompt_width=3)
+        input_ids = torch.zeros(len(instances), 3 + step, dtype=torch.long)
+        return sampler(input_ids, scores.expand(len(instances), -1).clone()).argmax(-1).tolist()
+
+    picks = torch.tensor(pick([f"instance {n}" for n in range(4000)]))
+    frequencies = torch.bincount(picks, minlength=len(expected)) / len(picks)
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+    assert pick(["b", "a", "c"]) == [*pick(["b"]), *pick(["x", "a"])[1:], *pick(["c"])]
+    assert [pick(["a"], step) for step in range(20)] != [pick(["a"])] * 20  # each step draws afresh
+
+
+def test_bfloat16_on_cpu_runs_with_finite_figures(trained_model, sample_dataset, tmp_path):
+    argv = ["--model", str(trained_model), "--dataset", str(sample_dataset), "--split", "easy_test"]
+    argv += ["--limit", "4", "--max_new_tokens", "4", "--dtype", "bfloat16", "--device", "cpu"]
+    results, _ = run_in_process(argv, tmp_path / "bfloat16")
+    numbers = [value for value in figures(results).values() if isinstance(value, float)]
+    assert numbers and all(math.isfinite(value) for value in numbers)
+    assert results["easy_test"]["text"]["perplexity"] > 1
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--dtype", "float64", "invalid choice: 'float64'"),
+        ("--device", "gpu0", "'gpu0' is not a device"),
+        ("--device", "cpu:x", "'cpu:x' is not a device"),
+    ],
+)
+def test_a_bad_device_or_dtype_is_refused_before_loading_anything(flag, value, message, no_model_loading, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_mod.main(["--model", "nowhere", "--dataset", "nowhere", flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {flag}: " in error and message in error, error

@@ -159,3 +159,13 @@ def test_memes_given_as_features_are_encoded_once_and_chosen_like_images(chat, m
     assert by_image["meme"] == by_feature["meme"] == "new"
     assert by_image["top_memes"] == by_feature["top_memes"] and by_feature["meme_image"] is None
     assert chat.meme_bank.ids == model.meme_bank.ids == MEME_IDS  # nothing kept beyond the call
+
+
+def test_a_model_with_no_memes_to_choose_replies_without_one(processor):
+    from conftest import tiny_config
+
+    from modeling_mod_gpt import MODGPTForMemeDialogue
+
+    empty = MODGPTForMemeDialogue(tiny_config(processor)).eval()  # an empty meme bank, no candidates given
+    reply = empty.respond(DIALOGUES[1][:1], processor, use_meme=True, max_new_tokens=2)
+    assert reply["meme"] is None and reply["top_memes"] == [] and reply["emotion"] is None
