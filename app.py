@@ -30,7 +30,15 @@ import gradio as gr
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline_mod import HUB_PREFIX, MemeDialoguePipeline, load_mod_gpt, load_mod_gpt_config
+from pipeline_mod import (
+    DTYPES,
+    HUB_PREFIX,
+    MemeDialoguePipeline,
+    default_device,
+    device_argument,
+    load_mod_gpt,
+    load_mod_gpt_config,
+)
 
 USER, MODEL = "speaker1", "speaker2"
 UPLOAD_PREFIX = "new-"
@@ -170,6 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="Load the model with the code files saved in its folder."
     )
+    parser.add_argument(
+        "--device", type=device_argument, help="Where the model runs (default: the accelerator if any, else cpu)."
+    )
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="The model's weights and compute.")
     args = parser.parse_args(argv)
     if not args.model.startswith(HUB_PREFIX) and not Path(args.model).is_dir():
         parser.error(f"--model {args.model!r}: no such folder (train one with `make demo`, or name hf://owner/name).")
@@ -218,7 +230,8 @@ def load_app(args: argparse.Namespace) -> tuple[MemeDialoguePipeline, dict[str, 
     memes = load_memes(args.dataset)
     check_memes_cover_bank(config.meme_bank_ids, memes, args.dataset)
     model, processor = load_mod_gpt(args.model, args.trust_remote_code, config=config)
-    pipe = MemeDialoguePipeline(model=model, processor=processor, memes=memes)
+    device = args.device or default_device()
+    pipe = MemeDialoguePipeline(model=model, processor=processor, memes=memes, device=device, dtype=args.dtype)
     return pipe, write_meme_images(memes, Path(tempfile.mkdtemp(prefix="mod-gpt-memes-")))
 
 

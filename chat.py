@@ -16,7 +16,7 @@ import sys
 import datasets
 import torch
 
-from pipeline_mod import load_mod_gpt
+from pipeline_mod import DTYPES, default_device, device_argument, load_mod_gpt
 
 MEME_PATTERN = re.compile(r"#(\S+)\s*$")
 
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="A built MOD dataset, to show meme file names.")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", type=device_argument, help="Where the model runs (default: the accelerator if any, else cpu)."
+    )
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="The model's weights and compute.")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     try:
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"chat.py: error: cannot load a model from {args.model!r}: {error}", file=sys.stderr)
         return 2
+    model.to(args.device or default_device(), DTYPES[args.dtype])
     meme_files = {}
     if args.dataset:
         memes = next(iter(datasets.load_dataset(args.dataset, "memes").values()))

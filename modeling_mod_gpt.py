@@ -397,6 +397,7 @@ class MODGPTModel(MODGPTPreTrainedModel):
                 "features. Pass `meme_features` instead of `pixel_values`, and add memes to the bank with "
                 "`add_memes(meme_ids, meme_features=...)`."
             )
+        pixel_values = pixel_values.to(self.meme_encoder.device, self.meme_encoder.dtype)
         if not self.config.freeze_meme_encoder:
             return self.meme_encoder(pixel_values).pooler_output
         self.meme_encoder.eval()

@@ -1,6 +1,7 @@
 """The `meme-dialogue` pipeline: a dialogue in, a reply out (text, meme id and image, emotion, top memes); and
 `load_mod_gpt`, which loads a saved MOD-GPT with its processor without running code from the folder."""
 
+import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,39 @@ except ImportError:
     from processing_mod import MODProcessor
 
 HUB_PREFIX = "hf://"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def machine_accelerator() -> torch.device | None:
+    """This machine's accelerator (`cuda`, `mps`, ...), if it has one that torch can use."""
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+
+
+def default_device() -> torch.device:
+    """Where a model runs unless told: the machine's accelerator, else the CPU."""
+    return machine_accelerator() or torch.device("cpu")
+
+
+def device_argument(value: str) -> torch.device:
+    """`--device`: a device torch knows and this machine has: `cpu`, or its accelerator's type (`cuda`, `cuda:1`)."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device ({error})") from None
+    accelerator = machine_accelerator()
+    if device.type != "cpu" and (accelerator is None or accelerator.type != device.type):
+        have = "cpu" + (f" and {accelerator.type}" if accelerator else " only")
+        raise argparse.ArgumentTypeError(f"{value!r}: this machine has no {device.type} device (it has {have})")
+    return device
+
+
+def model_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """One of `DTYPES`, by name or as a torch dtype; a `ValueError` names anything else."""
+    if dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
+    return DTYPES[dtype]
 
 
 class MemeDialoguePipeline(Pipeline):
@@ -50,6 +84,8 @@ class MemeDialoguePipeline(Pipeline):
             calls, as the web chat's uploads are). They enter a copy of the
             bank that this pipeline keeps, so the model and other pipelines sharing it do not change. A call takes
             `memes` too, for that call only.
+        device (`str` or `torch.device`, *optional*) and dtype (`"float32"`, `"bfloat16"`, `"float16"` or the torch
+            dtype, *optional*): where and in what precision the model runs (it is moved and cast in place).
     Call arguments (given to `pipeline(...)` they apply to every call): `candidates` (meme ids to choose among, the
     same list for every dialogue of the call), `num_memes` (memes listed in `top_memes`, default 5), `use_meme`
     (`None`: the usage head decides; `True`: always attach the best meme; `False`: never), `batch_size`, and any
@@ -61,8 +97,11 @@ class MemeDialoguePipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
 
-    def __init__(self, *args: Any, memes: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, memes: Any = None, dtype: str | torch.dtype | None = None, **kwargs: Any):
+        dtype = None if dtype is None else model_dtype(dtype)
         super().__init__(*args, **kwargs)
+        if dtype is not None:  # like `device=`, which moves the model in place
+            self.model.to(dtype=dtype)
         self.meme_bank, self.meme_images = self.with_memes(memes, self.model.meme_bank, {})
 
     def with_memes(self, memes: Any, bank: MemeBank, images: dict) -> tuple[MemeBank, dict]:

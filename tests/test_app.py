@@ -567,3 +567,14 @@ def test_chats_stay_answered_beside_a_hostile_one(app_url, tmp_path):
     assert hostile_rounds >= 1
     assert median_beside < 5.0
     assert median_beside <= 3 * median_alone + 0.5, (median_alone, median_beside)
+
+
+def test_the_app_loads_its_model_where_and_as_asked(app_folders, capsys):
+    model, dataset = app_folders
+    args = app.parse_args(["--model", model, "--dataset", dataset, "--device", "cpu", "--dtype", "bfloat16"])
+    pipe, _ = app.load_app(args)
+    assert pipe.model.dtype == torch.bfloat16 and pipe.model.device.type == "cpu"
+    for flag, value, message in [("--dtype", "float64", "invalid choice"), ("--device", "gpu0", "is not a device")]:
+        with pytest.raises(SystemExit) as exit_info:
+            app.parse_args(["--model", model, "--dataset", dataset, flag, value])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -468,3 +468,22 @@ def test_load_mod_gpt_gives_this_package_classes_equal_to_the_saved_model(saved_
     inputs = processor(DIALOGUES)
     torch.testing.assert_close(loaded(**inputs).loss, model(**inputs).loss)
     assert torch.equal(loaded_processor(DIALOGUES)["input_ids"], inputs["input_ids"])
+
+
+def test_the_pipeline_and_the_chat_run_where_and_as_asked(saved_model, tmp_path, monkeypatch, capsys):
+    model, processor = load_mod_gpt(str(saved_model))
+    chat_pipeline = MemeDialoguePipeline(model=model, processor=processor, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    reply = chat_pipeline(DIALOGUES[0], memes={"new": Image.new("RGB", (40, 40))}, max_new_tokens=2, use_meme=True)
+    assert isinstance(reply["text"], str) and all(torch.isfinite(torch.tensor(m["score"])) for m in reply["top_memes"])
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'bfloat16', 'float16'\], got 'float64'"):
+        MemeDialoguePipeline(model=model, processor=processor, dtype="float64")
+
+    code, out, err = run_chat(
+        ["--model", str(saved_model), "--dtype", "bfloat16", "--device", "cpu"], "你好\n", monkeypatch, capsys
+    )
+    assert code == 0 and out.count("MOD-GPT:") == 1, err
+    for flag, value, message in [("--dtype", "float64", "invalid choice"), ("--device", "gpu0", "is not a device")]:
+        with pytest.raises(SystemExit) as exit_info:
+            chat.main(["--model", str(tmp_path / "nowhere"), flag, value])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
