@@ -16,6 +16,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BatchFeature, BertTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
 
 try:
     from .configuration_mod_gpt import (
@@ -259,7 +260,7 @@ class MODProcessor(ProcessorMixin):
         settings, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
         return cls(
             MemeImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
-            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs),
+            load_saved_tokenizer(pretrained_model_name_or_path, **kwargs),
             **{name: settings[name] for name in PROCESSOR_SETTINGS if name in settings},
         )
 
@@ -575,6 +576,21 @@ def describe(value: Any) -> str:
 def check_is_turn(turn: Any, where: str) -> None:
     if not isinstance(turn, Mapping):
         raise ValueError(f"{where}: a turn must be a dict, got {describe(turn)}.")
+
+
+def load_saved_tokenizer(pretrained_model_name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """
+    The tokenizer saved with a processor, of the transformers class its `tokenizer_config.json` names. Unlike
+    `AutoTokenizer`, this reads no model config (a MOD-GPT folder's is not the tokenizer's business) and no code.
+    """
+    name = get_tokenizer_config(pretrained_model_name_or_path, **kwargs).get("tokenizer_class")
+    tokenizer_class = tokenizer_class_from_name(name) if name else None
+    if tokenizer_class is None:
+        raise ValueError(
+            f"{pretrained_model_name_or_path!r}: tokenizer_config.json names no tokenizer class of transformers "
+            f"(tokenizer_class: {name!r})."
+        )
+    return tokenizer_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
 def has_vocab_file(pretrained_name_or_path: str) -> bool:
