@@ -70,6 +70,9 @@ WRITER = "evaluate_mod.py"
 RELEASE_PREFIXES = {"zh": "c", "en": "e"}
 DEFAULT_RELEASE_PREFIX = "c"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Padded prompt tokens (rows x the longest prompt) of a reply generation batch: chosen, with --batch_size 32, on the
+# base model on the CPU (BENCHMARKS.md, row 8): on paper-profile prompts it makes batches of 25, 13, 6 and 4 rows.
+MAX_BATCH_TOKENS = 2048
 
 
 def batched(rows: list, size: int, description: str):
@@ -151,14 +154,62 @@ class InstanceSampler(LogitsProcessor):
         return scores + gumbel.to(scores.device, scores.dtype)
 
 
+def prompt_lengths(model, processor, rows: list[dict], max_new_tokens: int) -> list[int]:
+    """The length of each row's prompt as `generate_replies` encodes it (its history, truncated, and the reply prompt)."""
+    max_length = model.max_prompt_length(processor, max_new_tokens)
+    return [
+        len(
+            processor.encode_dialogue(row["history"], index, add_generation_prompt=True, max_length=max_length)[
+                "input_ids"
+            ]
+        )
+        for index, row in enumerate(rows)
+    ]
+
+
+def length_batches(lengths: list[int], max_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """
+    Row indices grouped by length: the rows sorted by length (ties in their order), cut into batches of at most
+    `max_rows` rows whose padded size (rows x the longest) stays within `max_tokens` (a row longer than the budget
+    goes alone; None: no budget). Every row is in exactly one batch.
+    """
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        batch = batches[-1] if batches else None
+        fits = batch is not None and len(batch) < max_rows
+        if fits and max_tokens is not None:
+            fits = (len(batch) + 1) * lengths[index] <= max_tokens  # sorted: this row is the batch's longest
+        if fits:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 @torch.no_grad()
-def generate_replies(model, processor, rows: list[dict], batch_size: int, max_new_tokens: int, seed: int) -> list[str]:
-    """A reply sampled for each row with the model's generation config, its noise keyed by `seed` and the row's id."""
+def generate_replies(
+    model,
+    processor,
+    rows: list[dict],
+    batch_size: int,
+    max_new_tokens: int,
+    seed: int,
+    max_batch_tokens: int | None = MAX_BATCH_TOKENS,
+) -> list[str]:
+    """
+    A reply sampled for each row with the model's generation config, its noise keyed by `seed` and the row's id, in
+    the order of `rows`. The rows run in batches of similar prompt length (`length_batches`: at most `batch_size`
+    rows, `max_batch_tokens` padded prompt tokens), so that little of a batch is padding; `generate` runs the LM head
+    on the last prompt position only (it passes `logits_to_keep=1` to the model's forward on the prompt pass).
+    """
     warpers = sampling_warpers(model.generation_config)
     greedy = copy.deepcopy(model.generation_config)  # the warpers and the noise do the sampling, in `InstanceSampler`
     greedy.update(do_sample=False, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    replies = []
-    for chunk in batched(rows, batch_size, "generation"):
+    lengths = prompt_lengths(model, processor, rows, max_new_tokens)
+    replies: list[str] = [""] * len(rows)
+    batches = length_batches(lengths, batch_size, max_batch_tokens)
+    for batch in tqdm(batches, desc="generation", leave=False, disable=not is_main_process()):
+        chunk = [rows[index] for index in batch]
         prompt = model.dialogue_inputs(
             processor, [row["history"] for row in chunk], add_generation_prompt=True, max_new_tokens=max_new_tokens
         )
@@ -168,8 +219,10 @@ def generate_replies(model, processor, rows: list[dict], batch_size: int, max_ne
             **{key: prompt[key] for key in DIALOGUE_INPUTS},
             generation_config=greedy,
             logits_processor=LogitsProcessorList([sampler]),
+            logits_to_keep=1,  # what generate passes anyway; said here, as the prompt pass needs no other logits
         )
-        replies += processor.decode_replies(generated[:, width:])
+        for index, reply in zip(batch, processor.decode_replies(generated[:, width:])):
+            replies[index] = reply
     return replies
 
 
@@ -300,7 +353,11 @@ def predict(model, processor, views: dict[str, list[dict]], args) -> dict[str, l
     shared out between the processes, and gathered.
     """
     (replies,) = shared_out(
-        lambda rows: (generate_replies(model, processor, rows, args.batch_size, args.max_new_tokens, args.seed),),
+        lambda rows: (
+            generate_replies(
+                model, processor, rows, args.batch_size, args.max_new_tokens, args.seed, args.max_batch_tokens
+            ),
+        ),
         views["response"],
     )
     ranked, nearest = shared_out(lambda rows: rank_memes(model, processor, rows, args.batch_size), views["retrieval"])
@@ -680,7 +737,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FOLDER",
         help="Write DSTC10 task 1/2/3 files into this folder: new, empty, or written by this script before.",
     )
-    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument(
+        "--batch_size", type=positive_int, default=32, help="Rows a batch holds (in reply generation, at most)."
+    )
+    parser.add_argument(
+        "--max_batch_tokens",
+        type=positive_int,
+        default=MAX_BATCH_TOKENS,
+        help="Reply generation runs the rows in batches of similar prompt length, each at most this many padded "
+        "prompt tokens (rows x the longest; a longer prompt goes alone) and --batch_size rows.",
+    )
     parser.add_argument("--max_new_tokens", type=positive_int, default=32)
     parser.add_argument("--limit", type=positive_int, help="Evaluate only the first N instances of each view.")
     parser.add_argument("--seed", type=int, default=0, help="Seeds each reply's sampling, with its instance's id.")

@@ -22,12 +22,31 @@ SAMPLING = {"do_sample": True, "top_p": 0.9, "temperature": 0.7}  # the paper's 
 CHECKED_INSTANCES = 2  # instances whose logits are compared batched with the cache and alone without it
 LOGITS_TOLERANCE = 1e-3
 OFFICIAL_STRIDE = 4  # the one-at-a-time way runs on every 4th instance by prompt length
+PREVIOUS_BATCH_SIZE = 16  # evaluate_mod.py's batches before they were grouped by length
 
 
-def generate_replies(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict], batch_size: int) -> None:
-    """`evaluate_mod.py`'s response generation, without its progress bar."""
+def generate_replies(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    rows: list[dict],
+    batch_size: int,
+    max_batch_tokens: int | None = evaluate_mod.MAX_BATCH_TOKENS,
+) -> None:
+    """`evaluate_mod.py`'s response generation (its batches by prompt length, its defaults), without its progress
+    bar."""
     with contextlib.redirect_stderr(io.StringIO()):
-        evaluate_mod.generate_replies(model, processor, rows, batch_size, NEW_TOKENS)
+        evaluate_mod.generate_replies(model, processor, rows, batch_size, NEW_TOKENS, 0, max_batch_tokens)
+
+
+def fixed_batches(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> None:
+    """The way `evaluate_mod.py` batched before: batches of `PREVIOUS_BATCH_SIZE` in dataset order, each padded to its
+    longest (its own generation, run on one such batch at a time, with no token budget)."""
+    for batch in batches_of(rows, PREVIOUS_BATCH_SIZE):
+        generate_replies(model, processor, batch, PREVIOUS_BATCH_SIZE, None)
+
+
+def batches_of(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 @contextlib.contextmanager
@@ -45,13 +64,6 @@ def replies_of_full_length(model: MODGPTForMemeDialogue) -> contextlib.AbstractC
     """Every reply runs to `NEW_TOKENS` tokens: a random model ends its replies at random, and both sides must do the
     same work."""
     return generation_defaults(model, min_new_tokens=NEW_TOKENS)
-
-
-def static_cache_replies(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict], size: int) -> None:
-    """`generate_replies` with a cache allocated once for the whole reply (`cache_implementation="static"`) instead of
-    one that grows by concatenation at every step."""
-    with generation_defaults(model, cache_implementation="static"):
-        generate_replies(model, processor, rows, size)
 
 
 def validation_instances(count: int, seed: int = 0) -> list[dict]:
@@ -77,29 +89,28 @@ def generate(model: MODGPTForMemeDialogue, prompt: dict, use_cache: bool, **deco
 
 
 def prompt_passes(model: MODGPTForMemeDialogue, processor: MODProcessor, batches: list[list[dict]]) -> None:
-    """The forward passes over the padded prompts that `generate` starts each batch with."""
+    """The forward passes over the padded prompts that `generate` starts each batch with (the LM head on the last
+    position only, as `generate` asks)."""
     for batch in batches:
-        model(**prompt_inputs(model, processor, batch))
+        model(**prompt_inputs(model, processor, batch), logits_to_keep=1)
     synchronize(model.device)
 
 
 def prompt_lengths(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> list[int]:
-    return [int(prompt_inputs(model, processor, [row])["input_ids"].shape[1]) for row in rows]
+    return evaluate_mod.prompt_lengths(model, processor, rows, NEW_TOKENS)
 
 
-def batches_of(items: list, size: int) -> list[list]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def computed_tokens(lengths: list[int], batch_size: int | None) -> int:
+def computed_tokens(lengths: list[int], batches: int | list[list[int]] | None) -> int:
     """
     Tokens the decoder runs to generate `NEW_TOKENS` for prompts of `lengths`: one at a time without cache, every
-    step re-runs the prompt and what was generated (`batch_size` None); in batches with the cache, the batch's prompts
-    padded to the longest, then one token per row and step.
+    step re-runs the prompt and what was generated (`batches` None); in `batches` (lists of indices, or a batch size:
+    batches in order) with the cache, each batch's prompts padded to the longest, then one token per row and step.
     """
-    if batch_size is None:
+    if isinstance(batches, int):
+        batches = batches_of(list(range(len(lengths))), batches)
+    if batches is None:
         return sum(NEW_TOKENS * length + NEW_TOKENS * (NEW_TOKENS - 1) // 2 for length in lengths)
-    return sum(len(batch) * (max(batch) + NEW_TOKENS - 1) for batch in batches_of(lengths, batch_size))
+    return sum(len(batch) * (max(lengths[i] for i in batch) + NEW_TOKENS - 1) for batch in batches)
 
 
 @torch.no_grad()
@@ -145,19 +156,26 @@ def evaluation(
     model: MODGPTForMemeDialogue, processor: MODProcessor, workload: Workload, repeats: int, key: str = "evaluation"
 ) -> Row:
     """
-    Responses per second of `evaluate_mod.generate_replies` against the official way, on the same model with the same
-    sampling, and of two changes to `evaluate_mod.py`: batches sorted by prompt length, and a static KV cache. The
-    batched ways generate for every instance, `repeats` times in turn. The one-at-a-time way, whose every response is
-    `NEW_TOKENS` forward passes, runs once, on every `OFFICIAL_STRIDE`-th instance in order of prompt length (the same
-    spread of lengths); the speed-up compares seconds per response.
+    Responses per second of `evaluate_mod.generate_replies` (batches by prompt length within its token budget, the
+    original order restored) against the official way, on the same model with the same sampling, and of two other
+    batchings of the same code: batches of the same rows sorted by length without a token budget, and the batches of
+    the dataset's order that `evaluate_mod.py` ran before. The batched ways generate for every instance, `repeats`
+    times in turn. The one-at-a-time way, whose every response is `NEW_TOKENS` forward passes, runs once, on every
+    `OFFICIAL_STRIDE`-th instance in order of prompt length (the same spread of lengths); the speed-up compares
+    seconds per response.
     """
     model.eval()
     rows = validation_instances(workload.eval_instances)
-    batch_size = workload.eval_batch_size
+    batch_size, budget = workload.eval_batch_size, evaluate_mod.MAX_BATCH_TOKENS
     lengths = prompt_lengths(model, processor, rows)
     by_length = [rows[i] for i in sorted(range(len(rows)), key=lengths.__getitem__)]
     official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
     gap = cache_logits_gap(model, processor, rows, batch_size)
+    batchings = {
+        "evaluate_mod": evaluate_mod.length_batches(lengths, batch_size, budget),
+        "sorted": evaluate_mod.length_batches(lengths, batch_size, None),
+        "dataset order": batches_of(list(range(len(rows))), PREVIOUS_BATCH_SIZE),
+    }
 
     def one_at_a_time() -> None:
         for row in official_rows:
@@ -170,32 +188,33 @@ def evaluation(
         times = interleaved(
             {
                 "evaluate_mod": lambda: generate_replies(model, processor, rows, batch_size),
-                "sorted": lambda: generate_replies(model, processor, by_length, batch_size),
-                "sorted, static cache": lambda: static_cache_replies(model, processor, by_length, batch_size),
+                "sorted": lambda: generate_replies(model, processor, rows, batch_size, None),
+                "dataset order": lambda: fixed_batches(model, processor, rows),
             },
             repeats,
         )
     seconds = {way: per_response(values, len(rows)) for way, values in times.items()}
     prompts = {
-        way: timed(lambda batches=batches: prompt_passes(model, processor, batches)) / len(rows)
-        for way, batches in (
-            ("evaluate_mod", batches_of(rows, batch_size)),
-            ("sorted", batches_of(by_length, batch_size)),
-        )
+        way: timed(lambda batches=batches: prompt_passes(model, processor, [[rows[i] for i in b] for b in batches]))
+        / len(rows)
+        for way, batches in batchings.items()
     }
     alone = computed_tokens(lengths, None)
 
-    def way_note(way: str, name: str, size: int, ordered: list[int]) -> str:
+    def way_note(way: str, name: str) -> str:
         median = Stats.of(seconds[way]).median
         return (
             f"{name}: {1 / median:.3g} responses/s, speed-up {official / median:.3g} (counting the tokens the decoder "
-            f"runs, at most {alone / computed_tokens(ordered, size):.1f})"
+            f"runs, at most {alone / computed_tokens(lengths, batchings[way]):.1f}); its prompt passes "
+            f"{prompts[way] * 1000:.0f} ms a response ({100 * prompts[way] / median:.0f}% of its time)"
         )
 
+    sizes = [len(batch) for batch in batchings["evaluate_mod"]]
     return Row(
         key=key,
-        title=f"Evaluation: response generation, evaluate_mod.py (batches of {batch_size}, KV cache) vs one instance "
-        f"at a time without cache (the official inference), {NEW_TOKENS} sampled tokens",
+        title=f"Evaluation: response generation, evaluate_mod.py (batches by prompt length, at most {batch_size} rows "
+        f"and {budget:,} padded prompt tokens, KV cache) vs one instance at a time without cache (the official "
+        f"inference), {NEW_TOKENS} sampled tokens",
         unit="responses/s",
         a_name="one at a time",
         a=Stats.of([1 / official]),
@@ -209,13 +228,14 @@ def evaluation(
             f"{len(rows)} paper-profile validation instances, prompts of {min(lengths)}-{max(lengths)} tokens (mean "
             f"{sum(lengths) / len(rows):.0f}); one at a time: {len(official_rows)} of them, every "
             f"{OFFICIAL_STRIDE}th by prompt length, run once ({official:.2f} s a response); the batched ways "
-            f"{len(times['evaluate_mod'])} time(s) each",
-            way_note("evaluate_mod", f"evaluate_mod, batches of {batch_size} in dataset order", batch_size, lengths),
-            way_note("sorted", f"batches of {batch_size} sorted by prompt length", batch_size, sorted(lengths)),
-            way_note("sorted, static cache", "sorted, with a static cache", batch_size, sorted(lengths)),
-            f"the prompt passes alone take {prompts['evaluate_mod'] * 1000:.0f} ms a response in dataset order "
-            f"({100 * prompts['evaluate_mod'] / Stats.of(seconds['evaluate_mod']).median:.0f}% of evaluate_mod's time), "
-            f"{prompts['sorted'] * 1000:.0f} ms sorted; the {NEW_TOKENS - 1} cached steps take the rest",
+            f"{len(times['evaluate_mod'])} time(s) each, all through evaluate_mod.generate_replies",
+            way_note(
+                "evaluate_mod",
+                f"evaluate_mod, {len(sizes)} batches by length of {min(sizes)}-{max(sizes)} rows within {budget:,} "
+                "padded prompt tokens",
+            ),
+            way_note("sorted", f"batches of {batch_size} sorted by prompt length, no token budget"),
+            way_note("dataset order", f"batches of {PREVIOUS_BATCH_SIZE} in dataset order (evaluate_mod.py before)"),
             f"logits of {NEW_TOKENS} greedy steps batched with the cache against one pass without it, for "
             f"{CHECKED_INSTANCES} instances: largest gap {gap:.1e} "
             f"({'within' if gap <= LOGITS_TOLERANCE else 'OVER'} tolerance {LOGITS_TOLERANCE:g})",

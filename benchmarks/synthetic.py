@@ -72,7 +72,7 @@ SIZES = {
 }
 WORKLOADS = {
     "tiny": Workload(1 / 500, 1, 4, 2, 1 / 500, 1 / 500, 1),
-    "base": Workload(1 / 8, 1, 48, 16, 1.0, 1.0, 16),
+    "base": Workload(1 / 8, 1, 48, 32, 1.0, 1.0, 16),
 }
 SCALING_SIZE = "tiny"  # the model of the scaling rows, whatever the size of the run
 
@@ -151,7 +151,7 @@ def build_model(size: Size, processor: MODProcessor, seed: int = 0) -> MODGPTFor
 
 def response_instances(fraction: float, splits: tuple[str, ...] = ("val",), seed: int = 0) -> list[dict]:
     """
-    Task-1 instances (`history`, `speaker`, `answer`) of paper-profile splits at `fraction` of their size, one per
+    Task-1 instances (`id`, `history`, `speaker`, `answer`) of paper-profile splits at `fraction` of their size, one per
     dialogue, cut as the release's task files cut them (`history` in the processor's turn layout).
     """
     rng = random.Random(seed)
@@ -160,9 +160,10 @@ def response_instances(fraction: float, splits: tuple[str, ...] = ("val",), seed
     instances = [instance for split in splits for instance in task_instances(release[split], rng, every_meme)["task1"]]
     return [
         {
+            "id": f"instance {index}",  # evaluate_mod.py keys each reply's sampling by it
             "history": [to_turn(turn) for turn in instance["history"]],
             "speaker": instance["answer"]["speaker_id"].strip("[]"),
             "answer": instance["answer"]["txt"],
         }
-        for instance in instances
+        for index, instance in enumerate(instances)
     ]

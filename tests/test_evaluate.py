@@ -602,3 +602,52 @@ def test_a_bad_device_or_dtype_is_refused_before_loading_anything(flag, value, m
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"argument {flag}: " in error and message in error, error
+
+
+def reply_rows() -> list[dict]:
+    """Response rows with histories of different lengths, in no order of length."""
+    histories = [dialogue[:end] for dialogue in DIALOGUES for end in range(len(dialogue), 0, -1)]
+    speakers = ["speaker1", "speaker2"]
+    return [
+        {"id": f"row {index}", "history": history, "speaker": speakers[len(history) % 2], "answer": None}
+        for index, history in enumerate(histories)
+    ]
+
+
+def test_length_batches_hold_every_row_once_within_the_budget():
+    lengths = [30, 5, 400, 12, 12, 90, 7, 600, 33, 31, 5, 250]
+    batches = evaluate_mod.length_batches(lengths, max_rows=3, max_tokens=120)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 120  # a longer prompt goes alone
+    assert [lengths[batch[0]] for batch in batches] == sorted(lengths[batch[0]] for batch in batches)  # by length
+    assert evaluate_mod.length_batches(lengths, max_rows=3, max_tokens=None) == [
+        [1, 10, 6],
+        [3, 4, 0],
+        [9, 8, 5],
+        [11, 2, 7],
+    ]
+
+
+@pytest.mark.parametrize("max_batch_tokens", [1, 60, None])
+def test_length_batched_replies_come_back_in_order_equal_to_one_row_at_a_time(model, processor, max_batch_tokens):
+    model.generation_config.update(do_sample=True, temperature=0.7, top_p=0.9, top_k=None)
+    rows = reply_rows()
+    lengths = evaluate_mod.prompt_lengths(model, processor, rows, max_new_tokens=6)
+    assert lengths != sorted(lengths) and len(set(lengths)) > 3
+    batches = evaluate_mod.length_batches(lengths, 4, max_batch_tokens)
+    assert [index for batch in batches for index in batch] != list(range(len(rows)))  # the batches reorder the rows
+    alone = [evaluate_mod.generate_replies(model, processor, [row], 1, 6, seed=3)[0] for row in rows]
+    batched = evaluate_mod.generate_replies(model, processor, rows, 4, 6, seed=3, max_batch_tokens=max_batch_tokens)
+    assert batched == alone and len(set(alone)) > 1
+
+
+def test_generate_runs_the_lm_head_on_the_last_prompt_position_only(model, processor):
+    widths = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
+    try:
+        evaluate_mod.generate_replies(model, processor, reply_rows()[:4], 4, 3, seed=0)
+    finally:
+        hook.remove()
+    assert widths == [1, 1, 1]  # the prompt pass and two cached steps
