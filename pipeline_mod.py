@@ -85,7 +85,8 @@ class MemeDialoguePipeline(Pipeline):
             bank that this pipeline keeps, so the model and other pipelines sharing it do not change. A call takes
             `memes` too, for that call only.
         device (`str` or `torch.device`, *optional*) and dtype (`"float32"`, `"bfloat16"`, `"float16"` or the torch
-            dtype, *optional*): where and in what precision the model runs (it is moved and cast in place).
+            dtype, *optional*): where and in what precision the model runs (it is moved and cast in place); `"auto"`
+            or `None` keeps the model's own.
     Call arguments (given to `pipeline(...)` they apply to every call): `candidates` (meme ids to choose among, the
     same list for every dialogue of the call), `num_memes` (memes listed in `top_memes`, default 5), `use_meme`
     (`None`: the usage head decides; `True`: always attach the best meme; `False`: never), `batch_size`, and any
@@ -98,7 +99,8 @@ class MemeDialoguePipeline(Pipeline):
     _load_feature_extractor = False
 
     def __init__(self, *args: Any, memes: Any = None, dtype: str | torch.dtype | None = None, **kwargs: Any):
-        dtype = None if dtype is None else model_dtype(dtype)
+        # `pipeline(...)` passes its `dtype` on ("auto" unless given): the model was already loaded in it.
+        dtype = None if dtype in (None, "auto") else model_dtype(dtype)
         super().__init__(*args, **kwargs)
         if dtype is not None:  # like `device=`, which moves the model in place
             self.model.to(dtype=dtype)

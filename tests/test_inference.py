@@ -478,6 +478,9 @@ def test_the_pipeline_and_the_chat_run_where_and_as_asked(saved_model, tmp_path,
     assert isinstance(reply["text"], str) and all(torch.isfinite(torch.tensor(m["score"])) for m in reply["top_memes"])
     with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'bfloat16', 'float16'\], got 'float64'"):
         MemeDialoguePipeline(model=model, processor=processor, dtype="float64")
+    # `transformers.pipeline` passes on its default `dtype="auto"`: the model as loaded.
+    MemeDialoguePipeline(model=model, processor=processor, dtype="auto")
+    assert model.dtype == torch.bfloat16
 
     code, out, err = run_chat(
         ["--model", str(saved_model), "--dtype", "bfloat16", "--device", "cpu"], "你好\n", monkeypatch, capsys

@@ -1,7 +1,6 @@
 """The recipe runner (mod_training/recipe.py): IMFE -> CEM -> MOD -> evaluation in one command, on a tiny fraction of a
 paper-profile release, with tiny settings given as overrides (nothing is downloaded)."""
 
-import inspect
 import json
 import os
 import re
@@ -287,7 +286,7 @@ def no_processes(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
-def test_the_recipe_holds_the_papers_settings(sample_dataset, tmp_path, capsys, no_processes):
+def test_the_recipe_holds_the_papers_settings(model, sample_dataset, tmp_path, capsys, no_processes):
     configs = {stage: yaml.safe_load((RECIPE / stage / "config.yaml").read_text()) for stage in ("imfe", "cem", "mod")}
     assert {configs[stage]["meme_encoder"] for stage in configs} == {"timm/efficientnet_b0.ra_in1k"}
     assert configs["cem"]["init_from"] == "thu-coai/CDial-GPT_LCCC-base" and "init_from" not in configs["mod"]
@@ -296,9 +295,12 @@ def test_the_recipe_holds_the_papers_settings(sample_dataset, tmp_path, capsys, 
         assert configs[stage]["meme_loss"] == "l2"
     evaluation = yaml.safe_load((RECIPE / "evaluate" / "config.yaml").read_text())
     assert (evaluation["top_p"], evaluation["temperature"]) == (0.9, 0.7)
-    # ... which is how evaluate_mod.py samples, since it has no flag for them.
-    source = inspect.getsource(evaluate_mod.generate_replies)
-    assert "top_p=0.9" in source and "temperature=0.7" in source
+    # ... which is how evaluate_mod.py samples a model's replies (from its generation config; it has no flag for them).
+    warpers = evaluate_mod.sampling_warpers(model.generation_config)
+    assert [(type(w).__name__, getattr(w, "temperature", None) or w.top_p) for w in warpers] == [
+        ("TemperatureLogitsWarper", 0.7),
+        ("TopPLogitsWarper", 0.9),
+    ]
     paper = yaml.safe_load((RECIPE / "paper_results.yaml").read_text())
     assert paper["table_4"]["easy_test"] == {
         "PPL": 19.18,
