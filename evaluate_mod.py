@@ -49,7 +49,7 @@ from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
 from mod_scoring import response_nll, usage_decisions
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
-from pipeline_mod import load_mod_gpt, load_mod_gpt_config
+from pipeline_mod import DTYPES, device_argument, load_mod_gpt, load_mod_gpt_config, machine_accelerator
 
 TEST_SPLITS = ("easy_test", "hard_test")
 FALLBACK_SPLIT = "validation"
@@ -69,7 +69,6 @@ WRITER = "evaluate_mod.py"
 # The release's file name prefix by dataset language (the card's `language`), and the one taken when it is unknown.
 RELEASE_PREFIXES = {"zh": "c", "en": "e"}
 DEFAULT_RELEASE_PREFIX = "c"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Padded prompt tokens (rows x the longest prompt) of a reply generation batch: chosen, with --batch_size 32, on the
 # base model on the CPU (BENCHMARKS.md, row 8): on paper-profile prompts it makes batches of 25, 13, 6 and 4 rows.
 MAX_BATCH_TOKENS = 2048
@@ -676,11 +675,6 @@ def evaluate(args, setup: Setup) -> dict[str, dict]:
     return results
 
 
-def machine_accelerator() -> torch.device | None:
-    """This machine's accelerator (`cuda`, `mps`, ...), if it has one that torch can use."""
-    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-
-
 def start_processes(device: torch.device | None) -> PartialState:
     """
     accelerate's state of this run's processes (one, or those that `accelerate launch` or torchrun started): CPU
@@ -698,19 +692,6 @@ def evaluation_device(requested: torch.device | None) -> torch.device:
     if requested is None or (requested.type == own.type and requested.index is None):
         return own
     return requested
-
-
-def device_type(value: str) -> torch.device:
-    """A device that torch knows and that this machine has: `cpu`, or its accelerator's type (`cuda`, `cuda:1`)."""
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError) as error:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a device ({error})") from None
-    accelerator = machine_accelerator()
-    if device.type != "cpu" and (accelerator is None or accelerator.type != device.type):
-        have = "cpu" + (f" and {accelerator.type}" if accelerator else " only")
-        raise argparse.ArgumentTypeError(f"{value!r}: this machine has no {device.type} device (it has {have})")
-    return device
 
 
 def positive_int(value: str) -> int:
@@ -752,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seeds each reply's sampling, with its instance's id.")
     parser.add_argument(
         "--device",
-        type=device_type,
+        type=device_argument,
         help="Where the model runs (default: the accelerator when there is one, else cpu; with several processes, "
         "each process's own).",
     )
