@@ -81,8 +81,8 @@ class MODGPTOutput(ModelOutput):
         Text cross-entropy, usage cross-entropy, meme loss (`config.meme_loss`: feature regression by mean squared
         error, or contrastive ranking) and emotion cross-entropy. Each is `None` when its labels were not given.
     logits (`torch.FloatTensor` of shape `(batch_size, kept_positions, vocab_size)`, *optional*):
-        Next-token logits at the positions `logits_to_keep` selects: all of them by default, none by default when
-        `labels` are given (see `MODGPTForMemeDialogue.forward`).
+        Next-token logits at the positions `logits_to_keep` selects: all of them by default, labels or not; `None`
+        when `logits_to_keep=None` asked for none (see `MODGPTForMemeDialogue.forward`).
     usage_logits (`torch.FloatTensor` of shape `(num_tags, 2)`):
         Whether the turn closed by each `[TAG]` attaches a meme.
     meme_predictions (`torch.FloatTensor` of shape `(num_tags, meme_feature_size)`):
@@ -726,7 +726,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         usage_labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
-        logits_to_keep: int | torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor | None = 0,
         **kwargs: Any,
     ) -> tuple | MODGPTOutput:
         r"""
@@ -758,12 +758,12 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
                 1 also trains the meme head towards the meme at the following `[IMG]` (`config.meme_loss`).
             emotion_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 At `[IMG]` positions, the meme's emotion id; `-100` elsewhere.
-            logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            logits_to_keep (`int`, `torch.Tensor` or `None`, *optional*, defaults to `0`):
                 Positions whose next-token logits are returned, as in transformers' causal LMs: `0` all, an `int`
-                `n` the last `n`, a tensor the positions it holds. Left `None`, logits come for all positions when no
-                `labels` are given and are skipped when they are: the text loss then runs the LM head on the
-                labelled positions only (the vocabulary-wide logits of a whole batch are the largest tensor of a
-                training step). The text loss never depends on `logits_to_keep`.
+                `n` the last `n`, a tensor the positions it holds. `None` returns no logits, which is what a
+                training step wants: the text loss runs the LM head on the labelled positions only, and the
+                vocabulary-wide logits of a whole batch are the largest tensor of a step. The text loss never depends
+                on `logits_to_keep`.
         """
         check_one_meme_source(meme_features=meme_features, pixel_values=pixel_values, meme_ids=meme_ids)
         if meme_ids is not None:
@@ -786,9 +786,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         meme_predictions = self.meme_head(hidden_states[tag_mask])
         emotion_logits = self.emotion_head(hidden_states[image_mask])
 
-        logits = None
-        if logits_to_keep is not None or labels is None:
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, 0 if logits_to_keep is None else logits_to_keep))
+        logits = None if logits_to_keep is None else self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         lm_loss = None if labels is None else self.text_loss(hidden_states, labels)
         usage_loss = meme_loss = emotion_loss = None
         if usage_labels is not None:

@@ -191,7 +191,7 @@ def train(args: TrainArguments) -> dict[str, float]:
             for batch_index, batch in enumerate(epoch_loader, start=skip):
                 seed_dropout(args.seed, epoch, batch_index, accelerator.process_index)
                 with accelerator.accumulate(model):
-                    outputs = model(**batch)
+                    outputs = model(**batch, logits_to_keep=None)  # the LM head on labelled positions only
                     loss = global_batch_loss(outputs, batch, accelerator, unwrapped.config)
                     accelerator.backward(loss)
                     cycle_losses.append(loss.detach())

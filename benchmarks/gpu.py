@@ -133,7 +133,7 @@ def autocast_error(model: MODGPTForMemeDialogue, batch: Batch, device: torch.dev
     """Why the model's forward fails under bf16 autocast, or None when it runs."""
     try:
         with torch.no_grad(), precision(device, True):
-            model(**batch, use_cache=False)
+            model(**batch, use_cache=False, logits_to_keep=None)
     except RuntimeError as error:
         return str(error).splitlines()[0]
     return None

@@ -31,7 +31,7 @@ def training_step(model: PreTrainedModel) -> Callable[[Batch], None]:
     optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
 
     def step(batch: Batch) -> None:
-        model(**batch, use_cache=False).loss.backward()
+        model(**batch, use_cache=False, logits_to_keep=None).loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad()

@@ -104,7 +104,7 @@ def per_turn_text_losses(model: MODGPTForMemeDialogue, packed: Batch) -> list[to
 def text_loss_gap(model: MODGPTForMemeDialogue, work: TrainingWork) -> tuple[float, float, float]:
     """Summed per-response text loss, the sum of the packed batches' per-turn parts, and the largest per-turn gap."""
     model.eval()
-    per_response = torch.stack([model(**batch).lm_loss for batch in work.responses])
+    per_response = torch.stack([model(**batch, logits_to_keep=None).lm_loss for batch in work.responses])
     packed_parts = torch.stack([part for batch in work.packed for part in per_turn_text_losses(model, batch)])
     model.train()
     if per_response.shape != packed_parts.shape:

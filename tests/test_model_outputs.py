@@ -75,21 +75,23 @@ def test_logits_to_keep_a_tensor_keeps_those_positions(model, processor):
     torch.testing.assert_close(model(**inputs, logits_to_keep=is_tag).logits, full[is_tag])
 
 
-def test_logits_come_with_labels_when_asked_and_the_loss_stays_the_same(model, processor):
+def test_logits_come_with_labels_by_default_and_the_loss_stays_the_same(model, processor):
     inputs = processor(DIALOGUES)
     without_labels = model(**{key: value for key, value in inputs.items() if key != "labels"})
     default = model(**inputs)
-    assert default.logits is None and default.lm_loss is not None  # the training call: labelled positions only
-    asked = model(**inputs, logits_to_keep=0)
-    torch.testing.assert_close(asked.logits, without_labels.logits)
+    torch.testing.assert_close(default.logits, without_labels.logits)  # as every transformers causal LM
+    training = model(**inputs, logits_to_keep=None)  # the training call: the LM head on labelled positions only
+    assert training.logits is None and training.lm_loss is not None
     last_only = model(**inputs, logits_to_keep=1)
     torch.testing.assert_close(last_only.logits, without_labels.logits[:, -1:])
-    for outputs in (asked, last_only):
+    for outputs in (training, last_only):
         torch.testing.assert_close(outputs.lm_loss, default.lm_loss)
         torch.testing.assert_close(outputs.loss, default.loss)
     labels = inputs["labels"]
-    expected = F.cross_entropy(asked.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(default.lm_loss, expected)
+    expected = F.cross_entropy(
+        default.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+    torch.testing.assert_close(training.lm_loss, expected)
 
 
 def test_generation_runs_the_lm_head_on_the_last_position_only(model, processor, monkeypatch):
