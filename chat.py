@@ -54,7 +54,7 @@ def chat(model, processor, meme_files: dict[str, str], lines, write=print, **gen
             write("(new dialogue)")
             continue
         if line == "/memes":
-            write(" ".join(model.meme_bank_ids))
+            write(" ".join(model.meme_bank.ids))
             continue
         turn = parse_message(line, "speaker1")
         try:

@@ -268,8 +268,8 @@ def rank_memes(model, processor, rows: list[dict], batch_size: int) -> tuple[lis
     if not rows:  # a process's share of a view smaller than the number of processes
         return [], []
     predictions = reply_meme_predictions(model, processor, rows, batch_size)
-    ranked = model.retrieve_memes(predictions, [row["candidates"] for row in rows])
-    nearest = model.retrieve_memes(predictions, top_k=RT_CUTOFF)
+    ranked = model.meme_bank.rank(predictions, [row["candidates"] for row in rows])
+    nearest = model.meme_bank.rank(predictions, top_k=RT_CUTOFF)
     return [r.meme_ids for r in ranked], [r.meme_ids for r in nearest]
 
 

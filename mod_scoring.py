@@ -72,13 +72,15 @@ def retrieval_hits(model, outputs, batch, uses_meme: torch.Tensor, negative_rows
     """For each meme-using `[TAG]`: whether its gold meme ranks before its 9 negatives (rows of the meme bank)."""
     if not uses_meme.any():
         return uses_meme.new_zeros(0)
-    features = batch["meme_features"] if "meme_features" in batch else model.get_meme_features(batch["pixel_values"])
+    features = (
+        batch["meme_features"] if "meme_features" in batch else model.model.get_meme_features(batch["pixel_values"])
+    )
     gold = model.attached_meme_features(batch["input_ids"], features, uses_meme)
     predictions = outputs.meme_predictions[uses_meme]
-    negatives = model.meme_bank_features[negative_rows]
+    negatives = model.meme_bank.features[negative_rows]
     is_gold = (negatives == gold.unsqueeze(1)).all(-1)
-    gold_distance = model.meme_distances(predictions, gold.unsqueeze(1)).squeeze(1)
-    negative_distance = model.meme_distances(predictions, negatives).masked_fill(is_gold, float("inf"))
+    gold_distance = model.meme_bank.distances(predictions, gold.unsqueeze(1)).squeeze(1)
+    negative_distance = model.meme_bank.distances(predictions, negatives).masked_fill(is_gold, float("inf"))
     return gold_distance < negative_distance.min(-1).values
 
 

@@ -684,19 +684,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    @property
-    def meme_encoder(self) -> MODGPTMemeEncoder | None:
-        return self.model.meme_encoder
-
-    def get_meme_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_meme_features(pixel_values)
-
-    def encode_meme_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_meme_images(pixel_values)
-
-    def normalize_meme_features(self, meme_features: torch.Tensor) -> torch.Tensor:
-        return self.model.normalize_meme_features(meme_features)
-
     def fit_meme_feature_normalization(self, meme_features: torch.Tensor) -> None:
         """
         Fit the "standardize" normalisation to the raw features `(num_memes, meme_feature_size)` of a meme bank: their
@@ -767,7 +754,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         """
         check_one_meme_source(meme_features=meme_features, pixel_values=pixel_values, meme_ids=meme_ids)
         if meme_ids is not None:
-            meme_features = self.lookup_memes(meme_ids)
+            meme_features = self.meme_bank.lookup(meme_ids)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -908,14 +895,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
 
     # Meme bank ---------------------------------------------------------------------------------------------------
 
-    @property
-    def meme_bank_ids(self) -> list[str]:
-        return list(self.meme_bank.ids)
-
-    @property
-    def meme_bank_features(self) -> torch.Tensor:
-        return self.meme_bank.features
-
     def add_memes(
         self,
         meme_ids: list[str],
@@ -931,14 +910,14 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if (meme_features is None) == (pixel_values is None):
             raise ValueError("add_memes needs exactly one of meme_features or pixel_values.")
         if meme_features is None:
-            features = self.get_meme_features(pixel_values.to(self.device))
+            features = self.model.get_meme_features(pixel_values.to(self.device))
         elif meme_features.dim() != 2 or meme_features.shape[-1] != self.config.meme_feature_size:
             raise ValueError(
                 f"add_memes got meme_features of shape {tuple(meme_features.shape)}; the model takes "
                 f"(num_memes, {self.config.meme_feature_size}) (config.meme_feature_size)."
             )
         else:
-            features = self.normalize_meme_features(meme_features.to(self.meme_bank.features))
+            features = self.model.normalize_meme_features(meme_features.to(self.meme_bank.features))
         (self.meme_bank if meme_bank is None else meme_bank).add(list(meme_ids), features)
 
     def add_new_memes(self, memes: Any, image_processor: Any, meme_bank: MemeBank | None = None) -> list[str]:
@@ -953,7 +932,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if not new:
             return []
         rows = memes.select(new)
-        if self.meme_encoder is not None:
+        if self.model.meme_encoder is not None:
             pixel_values = image_processor(rows["image"])["pixel_values"]
             self.add_memes(rows["meme_id"], pixel_values=pixel_values, meme_bank=meme_bank)
         elif "feature" not in rows.column_names or any(feature is None for feature in rows["feature"]):
@@ -965,20 +944,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         else:
             self.add_memes(rows["meme_id"], meme_features=torch.tensor(rows["feature"]), meme_bank=meme_bank)
         return rows["meme_id"]
-
-    def lookup_memes(self, meme_ids: list[str]) -> torch.Tensor:
-        """Features of the given bank memes, `(len(meme_ids), meme_feature_size)`."""
-        return self.meme_bank.lookup(meme_ids)
-
-    def meme_distances(self, meme_predictions: torch.Tensor, candidate_features: torch.Tensor) -> torch.Tensor:
-        """Distances from predicted meme features to candidate features (see `MemeBank.distances`)."""
-        return self.meme_bank.distances(meme_predictions, candidate_features)
-
-    def retrieve_memes(
-        self, meme_predictions: torch.Tensor, candidates: list[list[str]] | None = None, top_k: int | None = None
-    ) -> list[MemeRetrieval]:
-        """Rank the bank's memes, or each prediction's `candidates`, for predicted features (see `MemeBank.rank`)."""
-        return self.meme_bank.rank(meme_predictions, candidates, top_k)
 
     # Dialogues ---------------------------------------------------------------------------------------------------
 

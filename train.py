@@ -119,14 +119,14 @@ def train(args: TrainArguments) -> dict[str, float]:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     logger.info(
-        "MOD-GPT with %.1fM parameters, %d memes in the bank", model.num_parameters() / 1e6, len(model.meme_bank_ids)
+        "MOD-GPT with %.1fM parameters, %d memes in the bank", model.num_parameters() / 1e6, len(model.meme_bank.ids)
     )
     images = dict(zip(memes["meme_id"], memes["image"])) if args.train_meme_encoder else None
-    collator = DialogueCollator(processor, model.meme_bank_ids, model.meme_bank_features.clone(), images)
+    collator = DialogueCollator(processor, model.meme_bank.ids, model.meme_bank.features.clone(), images)
     train_loader = training_loader(train_encodings, collator, args, accelerator.num_processes)
     train_batches = train_loader.batch_sampler  # accelerate wraps it once prepared; its epoch is set through this
     eval_loader = validation_loader(eval_encodings, collator, args, accelerator.num_processes)
-    negatives = retrieval_negatives(eval_encodings, len(model.meme_bank_ids), args.seed)
+    negatives = retrieval_negatives(eval_encodings, len(model.meme_bank.ids), args.seed)
 
     # Optimizer and schedule
     steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps

@@ -209,7 +209,7 @@ def training_batches(
 ) -> TrainingBatches:
     windows = epoch_windows(processor, paper_release(EPOCH_FRACTION)["train"])
     (batch,) = sample_batches(windows, batch_size, 1)
-    bank = (model.meme_bank_ids, model.meme_bank_features.cpu())
+    bank = (model.meme_bank.ids, model.meme_bank.features.cpu())
     encodings = [window.encoding for window in batch]
     return TrainingBatches(
         padded=to_device(DialogueCollator(processor, *bank)(encodings), device),

@@ -66,7 +66,7 @@ def loop_retrieval(predictions: torch.Tensor, bank: torch.Tensor, bank_ids: list
 @torch.no_grad()
 def retrieval(model: MODGPTForMemeDialogue, repeats: int, seed: int = 0) -> Row:
     """Row 4: ranking the whole meme bank for a batch of 64 predicted `[TAG]` features, loop vs vectorised."""
-    bank, bank_ids = model.meme_bank_features, model.meme_bank_ids
+    bank, bank_ids = model.meme_bank.features, model.meme_bank.ids
     generator = torch.Generator().manual_seed(seed)
     predictions = torch.randn(RETRIEVAL_BATCH, bank.shape[1], generator=generator)
     ranked: dict[str, list[list[str]]] = {}
@@ -75,13 +75,13 @@ def retrieval(model: MODGPTForMemeDialogue, repeats: int, seed: int = 0) -> Row:
         ranked["loop"] = loop_retrieval(predictions, bank, bank_ids)
 
     def vectorised() -> None:
-        ranked["model"] = [ranking.meme_ids for ranking in model.retrieve_memes(predictions)]
+        ranked["model"] = [ranking.meme_ids for ranking in model.meme_bank.rank(predictions)]
 
     times = interleaved(
         {
             "loop": loop,
             "retrieve_memes": vectorised,
-            "meme_distances": lambda: model.meme_distances(predictions, bank),
+            "meme_distances": lambda: model.meme_bank.distances(predictions, bank),
             "cdist": lambda: torch.cdist(predictions, bank),
         },
         repeats,

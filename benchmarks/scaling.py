@@ -52,7 +52,7 @@ def epoch_seconds(model: MODGPTForMemeDialogue, processor: MODProcessor, dialogu
     sampler = LengthGroupedBatchSampler(
         [len(encoding["input_ids"]) for encoding in encodings], TRAIN_BATCH_SIZE, seed=0
     )
-    collator = DialogueCollator(processor, model.meme_bank_ids, model.meme_bank_features)
+    collator = DialogueCollator(processor, model.meme_bank.ids, model.meme_bank.features)
     chosen = set(spread_over(range(len(sampler)), samples))
     loader = DataLoader(encodings, batch_sampler=sampler, collate_fn=collator)
     sampled = [batch for index, batch in enumerate(loader) if index in chosen]

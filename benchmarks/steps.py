@@ -18,7 +18,7 @@ def model_inputs(model: MODGPTForMemeDialogue, encoded: BatchFeature) -> Batch:
     inputs = dict(encoded)
     meme_ids = inputs.pop("meme_ids")
     if meme_ids:
-        inputs["meme_features"] = model.lookup_memes(meme_ids)
+        inputs["meme_features"] = model.meme_bank.lookup(meme_ids)
     return inputs
 
 

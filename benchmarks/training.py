@@ -67,8 +67,8 @@ def prepare(model: MODGPTForMemeDialogue, processor: MODProcessor, size: Size, w
     speakers = {processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]}
     counts = count_epoch(every_window, speakers, size.batch_size)
     sampled = sample_batches(every_window, size.batch_size, workload.training_batches)
-    collator = DialogueCollator(processor, model.meme_bank_ids, model.meme_bank_features)
-    packer = PackedCollator(processor, model.meme_bank_ids, model.meme_bank_features)
+    collator = DialogueCollator(processor, model.meme_bank.ids, model.meme_bank.features)
+    packer = PackedCollator(processor, model.meme_bank.ids, model.meme_bank.features)
     examples = response_examples(processor, dialogues, [window for batch in sampled for window in batch])
     lengths = [len(example["input_ids"]) for example in examples]
     return TrainingWork(
@@ -259,7 +259,7 @@ def one_thread() -> Iterator[None]:
 
 def data_pipeline(model: MODGPTForMemeDialogue, processor: MODProcessor, work: TrainingWork, repeats: int) -> Row:
     """`train.py`'s encoding (into windows) and collation of a batch's dialogues on one thread vs a training step."""
-    collator = DialogueCollator(processor, model.meme_bank_ids, model.meme_bank_features)
+    collator = DialogueCollator(processor, model.meme_bank.ids, model.meme_bank.features)
     indices = sorted({window.dialogue_index for window in work.batches[0]})
 
     def pipeline() -> Batch:

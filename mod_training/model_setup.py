@@ -96,8 +96,8 @@ def load_or_create_model(
             ) from error
     else:
         model = model_from_config(args.model_config, len(processor.tokenizer), mod_kwargs)
-    if model.meme_encoder is not None:
-        pretrained = load_meme_encoder_start(args, model.meme_encoder.timm_model)
+    if model.model.meme_encoder is not None:
+        pretrained = load_meme_encoder_start(args, model.model.meme_encoder.timm_model)
         if not pretrained and not args.train_meme_encoder:
             logger.warning(
                 "The meme encoder %r has random weights and stays frozen, so its meme features are an untrained "
@@ -218,14 +218,18 @@ def raw_meme_features(
     """Every meme's raw feature: the release's vector, or the frozen encoder's output, computed once."""
     if args.meme_features not in ("encoder", "release"):
         raise ArgumentError(f"--meme_features {args.meme_features!r}: use 'encoder' or 'release'.")
-    if (model.meme_encoder is None) != (args.meme_features == "release"):
-        fits = "release (it has no meme encoder)" if model.meme_encoder is None else "encoder (it has a meme encoder)"
+    if (model.model.meme_encoder is None) != (args.meme_features == "release"):
+        fits = (
+            "release (it has no meme encoder)"
+            if model.model.meme_encoder is None
+            else "encoder (it has a meme encoder)"
+        )
         raise ArgumentError(f"--init_from {args.init_from!r} is trained with --meme_features {fits}.")
     if args.meme_features == "release":
         return release_meme_features(args.dataset, memes)
     batches = (memes[start : start + batch_size]["image"] for start in range(0, len(memes), batch_size))
     return torch.cat(
-        [model.encode_meme_images(processor.image_processor(images)["pixel_values"]) for images in batches]
+        [model.model.encode_meme_images(processor.image_processor(images)["pixel_values"]) for images in batches]
     )
 
 
@@ -237,6 +241,6 @@ def fill_meme_bank(
     normalisation to them; one loaded from a checkpoint keeps the statistics its bank was made with.
     """
     features = raw_meme_features(args, model, processor, memes)
-    if not model.meme_bank_ids:
+    if not model.meme_bank.ids:
         model.fit_meme_feature_normalization(features)
     model.add_memes(memes["meme_id"], meme_features=features)

@@ -36,7 +36,7 @@ MEMES_LISTED = 4
 
 def test_ask_model_offers_the_chats_memes_without_keeping_them(model, processor):
     pipe = MemeDialoguePipeline(model=model, processor=processor)
-    bank_ids, bank_features = model.meme_bank_ids, model.meme_bank_features.clone()
+    bank_ids, bank_features = list(model.meme_bank.ids), model.meme_bank.features.clone()
     chat_memes = {"new-1": Image.new("RGB", (48, 48), "red"), "new-2": Image.new("RGB", (48, 48), "blue")}
     dialogue = [{"speaker": "speaker1", "text": "你好", "meme": "new-2", "emotion": None}]
     sampling = app.Sampling(top_p=0.9, temperature=0.7, max_new_tokens=3, memes_listed=len(bank_ids) + 2)
@@ -47,8 +47,8 @@ def test_ask_model_offers_the_chats_memes_without_keeping_them(model, processor)
     scores = [score for _, score in reply.ranked_memes]
     assert sorted(ranked_ids) == sorted(bank_ids + list(chat_memes))
     assert scores == sorted(scores, reverse=True)
-    assert model.meme_bank_ids == bank_ids
-    assert torch.equal(model.meme_bank_features, bank_features)
+    assert model.meme_bank.ids == bank_ids
+    assert torch.equal(model.meme_bank.features, bank_features)
     with pytest.raises(ValueError, match="new-2"):
         app.ask_model(pipe, dialogue, {}, sampling)  # the next chat does not see this chat's memes
 

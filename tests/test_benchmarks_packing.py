@@ -52,7 +52,7 @@ def windows(processor):
 
 
 def test_padding_free_rows_give_the_padded_batch_losses(processor, model, windows):
-    bank = (model.meme_bank_ids, model.meme_bank_features)
+    bank = (model.meme_bank.ids, model.meme_bank.features)
     padded = DialogueCollator(processor, *bank)(windows)
     packed = PackedCollator(processor, *bank)(pack_windows(windows, budget=64))
     assert "attention_mask" not in packed

@@ -308,7 +308,7 @@ def training_meme_prediction(model, processor, row: dict) -> torch.Tensor:
     """The meme head's output where training regresses the reply's meme: the dialogue with its reply, as trained."""
     reply = {"speaker": row["speaker"], "text": row["answer_text"], "meme": row["answer"], "emotion": None}
     inputs = processor([row["history"] + [reply]])
-    meme_features = model.lookup_memes(inputs.pop("meme_ids"))
+    meme_features = model.meme_bank.lookup(inputs.pop("meme_ids"))
     outputs = model(**inputs, meme_features=meme_features)
     input_ids = inputs["input_ids"][0]
     image = (input_ids == model.config.image_token_id).nonzero()[-1].item()
@@ -322,8 +322,8 @@ def test_the_meme_is_read_at_the_tag_that_training_regresses(model, processor):
     torch.testing.assert_close(predictions, trained, atol=1e-5, rtol=1e-5)
     ranked, nearest = evaluate_mod.rank_memes(model, processor, RETRIEVAL_ROWS, batch_size=2)
     candidates = [row["candidates"] for row in RETRIEVAL_ROWS]
-    assert ranked == [r.meme_ids for r in model.retrieve_memes(trained, candidates)]
-    assert nearest == [r.meme_ids for r in model.retrieve_memes(trained, top_k=evaluate_mod.RT_CUTOFF)]
+    assert ranked == [r.meme_ids for r in model.meme_bank.rank(trained, candidates)]
+    assert nearest == [r.meme_ids for r in model.meme_bank.rank(trained, top_k=evaluate_mod.RT_CUTOFF)]
 
 
 def test_task_2_is_written_back_in_the_release_layout(tmp_path):

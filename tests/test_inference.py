@@ -302,7 +302,7 @@ def test_a_score_is_minus_the_retrieval_distance_of_the_reply(model, processor):
     closing = {"speaker": reply["speaker"], "text": reply["text"]}
     inputs, outputs = model.run_dialogues(processor, [[*DIALOGUES[1], closing]])
     prediction = outputs.meme_predictions[-1:]
-    (ranking,) = model.retrieve_memes(prediction)
+    (ranking,) = model.meme_bank.rank(prediction)
     assert [meme["meme"] for meme in reply["top_memes"]] == ranking.meme_ids
     expected = [-distance for distance in ranking.distances]
     torch.testing.assert_close(torch.tensor([meme["score"] for meme in reply["top_memes"]]), torch.tensor(expected))
@@ -357,7 +357,7 @@ def test_memes_given_to_a_pipeline_stay_out_of_the_shared_model_and_other_pipeli
     for bank in (model.meme_bank, plain.meme_bank):
         ids, features = bank_state(bank)
         assert ids == before[0] and torch.equal(features, before[1])
-    assert model.config.meme_bank_ids == config_ids and model.meme_bank_ids == MEME_IDS
+    assert model.config.meme_bank_ids == config_ids and model.meme_bank.ids == MEME_IDS
     assert "new" in with_memes.meme_bank.ids and "once" not in with_memes.meme_bank.ids
     for chat_pipeline, meme in ((plain, "new"), (plain, "once"), (with_memes, "once")):
         with pytest.raises(
@@ -464,7 +464,7 @@ def test_a_folder_of_another_model_type_needs_trust_remote_code(tmp_path):
 def test_load_mod_gpt_gives_this_package_classes_equal_to_the_saved_model(saved_model, model, processor):
     loaded, loaded_processor = load_mod_gpt(str(saved_model))
     assert type(loaded) is type(model) and type(loaded_processor) is type(processor)
-    assert not loaded.training and loaded.meme_bank_ids == model.meme_bank_ids
+    assert not loaded.training and loaded.meme_bank.ids == model.meme_bank.ids
     inputs = processor(DIALOGUES)
     torch.testing.assert_close(loaded(**inputs).loss, model(**inputs).loss)
     assert torch.equal(loaded_processor(DIALOGUES)["input_ids"], inputs["input_ids"])

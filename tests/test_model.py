@@ -20,7 +20,7 @@ from modeling_mod_gpt import IGNORE_INDEX, MODGPTForMemeDialogue
 def run(model, processor, dialogues, **encode_kwargs):
     """Encode and run without text labels, so the full logits come back."""
     inputs = processor(dialogues, **encode_kwargs)
-    meme_features = model.lookup_memes(inputs.pop("meme_ids"))
+    meme_features = model.meme_bank.lookup(inputs.pop("meme_ids"))
     model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
     return inputs, model(**model_inputs, meme_features=meme_features)
 
@@ -81,8 +81,8 @@ def test_save_load_round_trip_in_process(model, processor, tmp_path):
     assert generation["do_sample"] and generation["top_p"] == 0.9 and generation["temperature"] == 0.7
     assert generation["eos_token_id"] == processor.special_token_ids["eos_token_id"]
     loaded = MODGPTForMemeDialogue.from_pretrained(tmp_path)
-    assert loaded.meme_bank_ids == MEME_IDS
-    torch.testing.assert_close(loaded.meme_bank_features, model.meme_bank_features)
+    assert loaded.meme_bank.ids == MEME_IDS
+    torch.testing.assert_close(loaded.meme_bank.features, model.meme_bank.features)
     _, expected = run(model, processor, DIALOGUES)
     _, actual = run(loaded, processor, DIALOGUES)
     torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=0)
@@ -112,7 +112,7 @@ def test_auto_classes_load_saved_code_in_fresh_process(model, processor, tmp_pat
         assert type(model).__name__ == "MODGPTForMemeDialogue" and type(processor).__name__ == "MODProcessor"
         dialogues = {DIALOGUES!r}
         inputs = processor(dialogues)
-        memes = model.lookup_memes(inputs.pop("meme_ids"))
+        memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
         inputs.pop("labels")
         logits = model(**inputs, meme_features=memes).logits
         torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected_logits.pt")!r}))
@@ -158,7 +158,7 @@ def test_training_windows_give_each_response_its_per_response_losses(model, proc
     windows = processor.encode_windows(dialogue, max_length=64)
     speakers = [processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]]
     batch = processor.pad(windows)
-    memes = model.lookup_memes(batch.pop("meme_ids"))
+    memes = model.meme_bank.lookup(batch.pop("meme_ids"))
     outputs = model(**{key: value for key, value in batch.items() if key != "labels"}, meme_features=memes)
     compared = []
     for row, (start, new) in enumerate(window_turns(processor, windows)):
@@ -203,7 +203,7 @@ def losses(model, inputs, meme_features):
 
 def test_each_loss_part_moves_only_with_its_own_labels(model, processor):
     inputs = processor(DIALOGUES)
-    memes = model.lookup_memes(inputs.pop("meme_ids"))
+    memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     base = losses(model, inputs, memes)
     assert all(torch.isfinite(torch.tensor(value)) for value in base.values())
 
@@ -236,7 +236,7 @@ def test_each_loss_part_moves_only_with_its_own_labels(model, processor):
     # The meme loss is the regression error on the memes that follow a [TAG] labelled 1.
     outputs = model(**inputs, meme_features=memes)
     tag_usage = inputs["usage_labels"][inputs["input_ids"] == processor.token_ids["[TAG]"]]
-    targets = model.lookup_memes([m for d in DIALOGUES for t in d[1:] if (m := t["meme"]) is not None])
+    targets = model.meme_bank.lookup([m for d in DIALOGUES for t in d[1:] if (m := t["meme"]) is not None])
     expected = F.mse_loss(outputs.meme_predictions[tag_usage == 1], targets)
     torch.testing.assert_close(outputs.meme_loss, expected)
 
@@ -244,7 +244,7 @@ def test_each_loss_part_moves_only_with_its_own_labels(model, processor):
 def test_loss_parts_send_gradients_to_their_heads(model, processor):
     model.train()
     inputs = processor(DIALOGUES)
-    memes = model.lookup_memes(inputs.pop("meme_ids"))
+    memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     outputs = model(**inputs, meme_features=memes)
     part_to_head = {
         "lm_loss": model.get_input_embeddings(),
@@ -264,7 +264,7 @@ def test_loss_parts_send_gradients_to_their_heads(model, processor):
 
 def test_text_loss_on_labelled_positions_equals_full_logits_loss(model, processor):
     inputs = processor(DIALOGUES)
-    memes = model.lookup_memes(inputs.pop("meme_ids"))
+    memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     labels = inputs.pop("labels")
     logits = model(**inputs, meme_features=memes).logits
     expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
@@ -278,7 +278,7 @@ def test_images_through_encoder_equal_their_features(model, processor):
     from_images = model(**inputs)
     pixel_values = inputs.pop("pixel_values")
     assert len(pixel_values) == len(processor(DIALOGUES)["meme_ids"])
-    from_features = model(**inputs, meme_features=model.get_meme_features(pixel_values))
+    from_features = model(**inputs, meme_features=model.model.get_meme_features(pixel_values))
     for part in ("loss", "lm_loss", "usage_loss", "meme_loss", "emotion_loss", "emotion_logits"):
         torch.testing.assert_close(getattr(from_images, part), getattr(from_features, part))
 
@@ -292,7 +292,7 @@ LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
 def test_the_processor_output_runs_as_is_with_memes_from_the_bank(model, processor):
     inputs = processor(DIALOGUES)
     plain = model(**inputs)
-    features = model.lookup_memes(inputs["meme_ids"])
+    features = model.meme_bank.lookup(inputs["meme_ids"])
     explicit = model(**{key: value for key, value in inputs.items() if key != "meme_ids"}, meme_features=features)
     for part in ("loss", *LOSS_PARTS, "meme_predictions", "emotion_logits"):
         torch.testing.assert_close(getattr(plain, part), getattr(explicit, part))
@@ -302,7 +302,7 @@ def test_the_processor_output_runs_as_is_with_memes_from_the_bank(model, process
 @pytest.mark.parametrize("other", ["meme_features", "pixel_values"])
 def test_memes_given_two_ways_are_refused(model, processor, other):
     inputs = processor(DIALOGUES[1])
-    values = {"meme_features": model.lookup_memes(inputs["meme_ids"]), "pixel_values": torch.zeros(1, 3, 32, 32)}
+    values = {"meme_features": model.meme_bank.lookup(inputs["meme_ids"]), "pixel_values": torch.zeros(1, 3, 32, 32)}
     with pytest.raises(ValueError, match=rf"Got memes as {other} and meme_ids: pass them one way only"):
         model(**inputs, **{other: values[other]})
 
@@ -337,7 +337,7 @@ def test_an_unlabelled_dialogue_in_a_batch_changes_no_loss(model, processor):
 
 def generation_prompt(model, processor):
     prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
-    memes = model.lookup_memes(prompt["meme_ids"])
+    memes = model.meme_bank.lookup(prompt["meme_ids"])
     return {key: prompt[key] for key in ("input_ids", "attention_mask", "token_type_ids")}, memes
 
 
@@ -391,10 +391,10 @@ def test_retrieval_ranks_planted_nearest_meme_first(processor, distance):
     bank = torch.randn(50, 256)
     model.add_memes([f"m{i}" for i in range(50)], bank)
     predictions = bank[[7, 31]] + 0.01 * torch.randn(2, 256)
-    ranked = model.retrieve_memes(predictions)
+    ranked = model.meme_bank.rank(predictions)
     assert [r.meme_ids[0] for r in ranked] == ["m7", "m31"]
     assert ranked[0].distances == sorted(ranked[0].distances)
-    ranked = model.retrieve_memes(predictions, candidates=[["m1", "m2", "m7"], ["m31", "m3", "m4"]])
+    ranked = model.meme_bank.rank(predictions, candidates=[["m1", "m2", "m7"], ["m31", "m3", "m4"]])
     assert [r.meme_ids[0] for r in ranked] == ["m7", "m31"]
 
 
@@ -407,9 +407,9 @@ def test_candidate_sets_of_different_sizes_rank_as_each_alone(processor, distanc
     candidates = [[bank_ids[i] for i in torch.randperm(40, generator=generator)[:size]] for size in (10, 11, 11, 10)]
     predictions = torch.randn(4, 256, generator=generator)
     for top_k in (None, 3, 11):
-        mixed = model.retrieve_memes(predictions, candidates, top_k=top_k)
+        mixed = model.meme_bank.rank(predictions, candidates, top_k=top_k)
         for prediction, ids, ranking in zip(predictions, candidates, mixed):
-            (alone,) = model.retrieve_memes(prediction[None], [ids], top_k=top_k)
+            (alone,) = model.meme_bank.rank(prediction[None], [ids], top_k=top_k)
             assert ranking.meme_ids == alone.meme_ids and len(ranking.meme_ids) == min(top_k or 11, len(ids))
             torch.testing.assert_close(torch.tensor(ranking.distances), torch.tensor(alone.distances))
             assert set(ranking.meme_ids) <= set(ids) and ranking.distances == sorted(ranking.distances)
@@ -421,11 +421,11 @@ def test_meme_added_from_image_becomes_candidate(model):
 
     pixel_values = MemeImageProcessor.from_timm_model("test_efficientnet")(image)["pixel_values"]
     model.add_memes(["unseen-1"], pixel_values=pixel_values)
-    assert model.meme_bank_ids[-1] == "unseen-1"
-    feature = model.get_meme_features(pixel_values)
-    assert model.retrieve_memes(feature)[0].meme_ids[0] == "unseen-1"
+    assert model.meme_bank.ids[-1] == "unseen-1"
+    feature = model.model.get_meme_features(pixel_values)
+    assert model.meme_bank.rank(feature)[0].meme_ids[0] == "unseen-1"
     model.add_memes(["001"], meme_features=feature)  # replacing an existing meme keeps the bank size
-    assert len(model.meme_bank_ids) == len(MEME_IDS) + 1
+    assert len(model.meme_bank.ids) == len(MEME_IDS) + 1
 
 
 # Bad input ----------------------------------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def test_unknown_meme_id_names_the_turn(model, processor):
     with pytest.raises(ValueError, match=r"turn 1: 'meme' '999'"):
         model.respond(dialogue, processor)
     with pytest.raises(ValueError, match="999"):
-        model.lookup_memes(["001", "999"])
+        model.meme_bank.lookup(["001", "999"])
 
 
 @pytest.mark.parametrize(
@@ -469,7 +469,7 @@ def test_overlong_turn_names_text_and_turn(processor):
 
 def test_image_count_mismatch_is_reported(model, processor):
     inputs = processor(DIALOGUES)
-    memes = model.lookup_memes(inputs.pop("meme_ids"))
+    memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     with pytest.raises(ValueError, match=r"input_ids hold 6 \[IMG\] tokens but 5 memes were given"):
         model(**inputs, meme_features=memes[:-1])
     with pytest.raises(ValueError, match=r"input_ids hold 6 \[IMG\] tokens but 0 memes were given"):

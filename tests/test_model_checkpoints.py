@@ -59,12 +59,12 @@ def reference_outputs(model: MODGPTForMemeDialogue) -> dict[str, tuple[torch.Ten
 def test_the_first_release_folder_loads_with_every_weight_in_place():
     model, info = MODGPTForMemeDialogue.from_pretrained(FIXTURE, output_loading_info=True)
     assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
-    assert not model.training and model.meme_bank_ids == MEME_IDS
+    assert not model.training and model.meme_bank.ids == MEME_IDS
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     checkpoint = load_file(FIXTURE / "model.safetensors")
-    torch.testing.assert_close(model.meme_bank_features, checkpoint["meme_bank_features"], rtol=0, atol=0)
+    torch.testing.assert_close(model.meme_bank.features, checkpoint["meme_bank_features"], rtol=0, atol=0)
     torch.testing.assert_close(model.model.meme_feature_std, checkpoint["meme_feature_std"], rtol=0, atol=0)
-    encoder = model.meme_encoder.timm_model.state_dict()
+    encoder = model.model.meme_encoder.timm_model.state_dict()
     for name, value in checkpoint.items():
         if name.startswith("meme_encoder."):
             torch.testing.assert_close(encoder[name.removeprefix("meme_encoder.")], value, rtol=0, atol=0)
@@ -137,16 +137,16 @@ def test_a_model_without_meme_encoder_saves_and_loads_as_one(processor, tmp_path
     assert json.loads((tmp_path / "config.json").read_text())["meme_encoder_config"] is None
     assert not [key for key in saved_keys(tmp_path) if key.startswith("meme_encoder.")]
     loaded = MODGPTForMemeDialogue.from_pretrained(tmp_path)
-    assert loaded.meme_encoder is None
+    assert loaded.model.meme_encoder is None
     torch.testing.assert_close(loaded(**processor(DIALOGUES)).loss, model(**processor(DIALOGUES)).loss)
     with pytest.raises(ValueError, match="no meme encoder"):
-        loaded.get_meme_features(torch.zeros(1, 3, 32, 32))
+        loaded.model.get_meme_features(torch.zeros(1, 3, 32, 32))
 
 
 def test_a_new_encoder_keeps_timm_initialisation_so_memes_differ(model):
     colours = torch.linspace(-1.5, 1.5, 4)
     pixel_values = colours[:, None, None, None].expand(4, 3, 64, 64).contiguous()
-    features = model.encode_meme_images(pixel_values)
+    features = model.model.encode_meme_images(pixel_values)
     assert (features.std(dim=0) > 1e-6).float().mean() > 0.5
 
 

@@ -14,7 +14,7 @@ HEAD_OUTPUTS = ("usage_logits", "meme_predictions", "emotion_logits")
 def plain_inputs(processor, model, dialogues=DIALOGUES) -> dict:
     """The processor's tensors with the bank features of their memes, without labels."""
     inputs = dict(processor(dialogues))
-    inputs["meme_features"] = model.lookup_memes(inputs.pop("meme_ids"))
+    inputs["meme_features"] = model.meme_bank.lookup(inputs.pop("meme_ids"))
     return {key: value for key, value in inputs.items() if not key.endswith("labels")}
 
 
@@ -123,7 +123,7 @@ def test_the_base_model_splices_memes_and_returns_their_features(model, processo
 
 def test_a_training_step_runs_under_bf16_autocast(model, processor):
     inputs = processor(DIALOGUES, return_tensors="pt")
-    inputs["meme_features"] = model.lookup_memes(inputs.pop("meme_ids"))
+    inputs["meme_features"] = model.meme_bank.lookup(inputs.pop("meme_ids"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(**inputs)
     assert outputs.loss.isfinite()

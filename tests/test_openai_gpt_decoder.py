@@ -33,7 +33,7 @@ def with_transformers_decoder(model: MODGPTForMemeDialogue) -> MODGPTForMemeDial
 def generation_kwargs(model, processor, new_tokens=10):
     prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
     kwargs = {key: prompt[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
-    memes = model.lookup_memes(prompt["meme_ids"])
+    memes = model.meme_bank.lookup(prompt["meme_ids"])
     return dict(kwargs, meme_features=memes, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
 

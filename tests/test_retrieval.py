@@ -41,13 +41,13 @@ def test_standardisation_is_the_default_and_fits_the_bank(processor):
     model.fit_meme_feature_normalization(raw)
     model.add_memes(MEME_IDS, meme_features=raw)
     assert model.config.meme_feature_normalization == "standardize"
-    bank = model.meme_bank_features
+    bank = model.meme_bank.features
     torch.testing.assert_close(bank.mean(0), torch.zeros(256), atol=1e-5, rtol=0)
     torch.testing.assert_close(bank.std(0), torch.ones(256))
     # A meme added later is standardised with the bank's statistics, not its own.
     new = raw[:1] * 2
     model.add_memes(["new"], meme_features=new)
-    torch.testing.assert_close(model.lookup_memes(["new"]), (new - raw.mean(0)) / raw.std(0))
+    torch.testing.assert_close(model.meme_bank.lookup(["new"]), (new - raw.mean(0)) / raw.std(0))
     with pytest.raises(ValueError, match="empty meme bank"):
         model.fit_meme_feature_normalization(raw)
 
@@ -61,13 +61,13 @@ def test_fit_needs_two_memes(processor):
 def test_memes_from_images_and_from_their_raw_features_land_equal(processor):
     model = MODGPTForMemeDialogue(tiny_config(processor))
     pixel_values = pixel_values_of([(250, 10, 10), (10, 250, 10), (10, 10, 250)])
-    raw = model.encode_meme_images(pixel_values)
+    raw = model.model.encode_meme_images(pixel_values)
     model.fit_meme_feature_normalization(raw)
     model.add_memes(["a", "b", "c"], pixel_values=pixel_values)
-    from_images = model.meme_bank_features.clone()
+    from_images = model.meme_bank.features.clone()
     model.add_memes(["a", "b", "c"], meme_features=raw)  # replaces them: normalised once, like the images
-    torch.testing.assert_close(model.meme_bank_features, from_images)
-    torch.testing.assert_close(model.get_meme_features(pixel_values), from_images)
+    torch.testing.assert_close(model.meme_bank.features, from_images)
+    torch.testing.assert_close(model.model.get_meme_features(pixel_values), from_images)
 
 
 def test_statistics_are_saved_and_loaded(processor, tmp_path):
@@ -82,7 +82,7 @@ def test_statistics_are_saved_and_loaded(processor, tmp_path):
     unseen = torch.randn(1, 256) + 5.0
     loaded.add_memes(["unseen"], meme_features=unseen)
     model.add_memes(["unseen"], meme_features=unseen)
-    torch.testing.assert_close(loaded.lookup_memes(["unseen"]), model.lookup_memes(["unseen"]))
+    torch.testing.assert_close(loaded.meme_bank.lookup(["unseen"]), model.meme_bank.lookup(["unseen"]))
 
 
 @pytest.mark.parametrize("legacy, normalization", [(True, "rms"), (False, "none")])
@@ -102,9 +102,9 @@ def test_configs_saved_before_the_option_keep_their_normalisation(processor, tmp
     loaded = MODGPTForMemeDialogue.from_pretrained(tmp_path)
     assert loaded.config.meme_feature_normalization == normalization and loaded.config.meme_loss == "l2"
     assert not hasattr(loaded.model, "meme_feature_mean")
-    torch.testing.assert_close(loaded.meme_bank_features, model.meme_bank_features)
+    torch.testing.assert_close(loaded.meme_bank.features, model.meme_bank.features)
     expected = F.normalize(raw, dim=-1) * 16.0 if legacy else raw
-    torch.testing.assert_close(loaded.meme_bank_features, expected)
+    torch.testing.assert_close(loaded.meme_bank.features, expected)
     resaved = tmp_path / "resaved"
     loaded.save_pretrained(resaved)
     assert MODGPTConfig.from_pretrained(resaved).meme_feature_normalization == normalization
@@ -134,7 +134,7 @@ def test_bad_meme_options_name_the_field(processor, overrides, field):
 def attach_memes_inputs(processor, model, dialogues):
     inputs = processor(dialogues)
     meme_ids = inputs.pop("meme_ids")
-    return {**inputs, "meme_features": model.lookup_memes(meme_ids)}
+    return {**inputs, "meme_features": model.meme_bank.lookup(meme_ids)}
 
 
 DIALOGUES_WITH_MEMES = [
@@ -160,7 +160,7 @@ def test_contrastive_loss_is_cross_entropy_over_the_bank(processor, distance):
     outputs = model(**inputs)
     uses_meme = inputs["usage_labels"][inputs["input_ids"] == model.config.tag_token_id] == 1
     predictions = outputs.meme_predictions[uses_meme]
-    bank = model.meme_bank_features
+    bank = model.meme_bank.features
     if distance == "l2":
         logits = -torch.cdist(predictions, bank) / 256**0.5 / 0.1
     else:
@@ -173,9 +173,9 @@ def test_contrastive_loss_is_lowest_at_the_gold_meme(processor):
     model = MODGPTForMemeDialogue(tiny_config(processor, meme_loss="contrastive"))
     bank = torch.randn(len(MEME_IDS), 256)
     model.add_memes(MEME_IDS, meme_features=bank)
-    targets = model.meme_bank_features[[1, 5]]
+    targets = model.meme_bank.features[[1, 5]]
     at_gold = model.contrastive_meme_loss(targets.clone(), targets)
-    elsewhere = model.contrastive_meme_loss(model.meme_bank_features[[2, 6]], targets)
+    elsewhere = model.contrastive_meme_loss(model.meme_bank.features[[2, 6]], targets)
     assert at_gold < 0.1 < elsewhere
 
 
@@ -258,16 +258,16 @@ def test_model_on_release_features_reloads_and_ranks_memes(release_model, releas
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(release_model), trust_remote_code=True)
-    assert type(model).__module__.startswith("transformers_modules.") and model.meme_encoder is None
+    assert type(model).__module__.startswith("transformers_modules.") and model.model.meme_encoder is None
     meme_ids, features = release_features(release_dataset)
-    ranked = model.retrieve_memes(model.meme_bank_features[[3, 17]])
+    ranked = model.meme_bank.rank(model.meme_bank.features[[3, 17]])
     assert [ranking.meme_ids[0] for ranking in ranked] == [meme_ids[3], meme_ids[17]]
     # An unseen meme enters as its raw release vector and is then ranked first for its own feature.
     unseen = features[:1] * 1.5 + 0.02
     model.add_memes(["unseen"], meme_features=unseen)
-    assert model.retrieve_memes(model.lookup_memes(["unseen"]))[0].meme_ids[0] == "unseen"
+    assert model.meme_bank.rank(model.meme_bank.lookup(["unseen"]))[0].meme_ids[0] == "unseen"
     with pytest.raises(ValueError, match="no meme encoder.*add_memes"):
-        model.get_meme_features(torch.zeros(1, 3, 32, 32))
+        model.model.get_meme_features(torch.zeros(1, 3, 32, 32))
 
 
 @pytest.mark.slow
@@ -288,10 +288,12 @@ def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_feature
         {"meme_id": [*meme_ids, *unseen], "feature": [*features.tolist(), *[v.tolist() for v in unseen.values()]]}
     )
     model, processor = load_model(str(release_model), None, memes)
-    assert model.meme_bank_ids[-2:] == ["104", "105"]
-    torch.testing.assert_close(model.lookup_memes(["104"]), model.normalize_meme_features(unseen["104"][None]))
+    assert model.meme_bank.ids[-2:] == ["104", "105"]
+    torch.testing.assert_close(
+        model.meme_bank.lookup(["104"]), model.model.normalize_meme_features(unseen["104"][None])
+    )
     pipe = MemeDialoguePipeline(model=model, processor=processor, memes=memes.select(range(len(meme_ids) - 5)))
-    assert pipe.model.meme_bank_ids == model.meme_bank_ids  # nothing new: no feature needed, no image either
+    assert pipe.model.meme_bank_ids == model.meme_bank.ids  # nothing new: no feature needed, no image either
     memes_without_features = memes.remove_columns("feature").add_item({"meme_id": "106"})
     with pytest.raises(ValueError, match=r"\['106'\].*no meme encoder.*`feature`"):
         model.add_new_memes(memes_without_features, processor.image_processor)

@@ -582,7 +582,7 @@ def test_a_model_trained_from_a_meme_encoder_file_loads_without_it(pushed):
     pushed.encoder_file.unlink()
     assert not json.loads((pushed.output_dir / "config.json").read_text()).get("meme_encoder_checkpoint")
     loaded = MODGPTForMemeDialogue.from_pretrained(pushed.output_dir)
-    encoder = loaded.meme_encoder.timm_model.state_dict()
+    encoder = loaded.model.meme_encoder.timm_model.state_dict()
     for name, value in pushed.encoder.items():
         assert torch.equal(encoder[name], value), name
 
@@ -591,8 +591,8 @@ def test_a_saved_config_still_naming_a_missing_encoder_file_loads(model, tmp_pat
     model.config.meme_encoder_checkpoint = str(tmp_path / "gone.safetensors")
     model.save_pretrained(tmp_path / "saved")
     loaded = MODGPTForMemeDialogue.from_pretrained(tmp_path / "saved")
-    for name, value in model.meme_encoder.timm_model.state_dict().items():
-        assert torch.equal(loaded.meme_encoder.timm_model.state_dict()[name], value), name
+    for name, value in model.model.meme_encoder.timm_model.state_dict().items():
+        assert torch.equal(loaded.model.meme_encoder.timm_model.state_dict()[name], value), name
 
 
 def test_a_meme_encoder_file_of_another_model_is_refused(tmp_path):

@@ -13,7 +13,7 @@ from processing_mod import IGNORE_INDEX
 def validation_batch(model, processor) -> dict[str, torch.Tensor]:
     """The dialogues as training's collator gives them: padded, with the features of their memes."""
     batch = dict(processor(DIALOGUES))
-    batch["meme_features"] = model.lookup_memes(batch.pop("meme_ids"))
+    batch["meme_features"] = model.meme_bank.lookup(batch.pop("meme_ids"))
     return batch
 
 
@@ -26,7 +26,7 @@ def test_the_text_scores_are_the_training_loss_of_each_dialogue(model, processor
     nll, tokens = response_nll(forward_without_labels(model, batch).logits, batch["labels"])
     for row in range(len(DIALOGUES)):
         alone = {key: value[row : row + 1] for key, value in batch.items() if key != "meme_features"}
-        alone["meme_features"] = model.lookup_memes(processor([DIALOGUES[row]])["meme_ids"])
+        alone["meme_features"] = model.meme_bank.lookup(processor([DIALOGUES[row]])["meme_ids"])
         assert tokens[row] == (alone["labels"][:, 1:] != IGNORE_INDEX).sum()
         torch.testing.assert_close(nll[row] / tokens[row], model(**alone).lm_loss, rtol=1e-5, atol=1e-5)
 
@@ -59,7 +59,7 @@ def brute_force_hits(model, outputs, batch, negatives: torch.Tensor) -> list[int
             gold = next(memes)
             if index == 0:  # the first turn is context, never scored
                 continue
-            candidates = model.meme_bank_features[negatives[row, order]]
+            candidates = model.meme_bank.features[negatives[row, order]]
             others = [c for c in candidates if not torch.equal(c, gold)]
             gold_distance = torch.dist(prediction, gold)
             hits[row] += int(all(gold_distance < torch.dist(prediction, other) for other in others))
@@ -74,12 +74,12 @@ def test_validation_sums_count_every_example_once_and_rank_its_memes_against_its
     # Each meme against 9 copies of one bank row. The first meme of the first dialogue (turn 1) against a bank row
     # set to the prediction at its [TAG], so it misses; its second ("003") against itself, which then is no negative
     # at all, so it hits.
-    negatives = (torch.arange(len(DIALOGUES) * most).view(-1, most, 1) % len(model.meme_bank_ids)).expand(-1, -1, 9)
+    negatives = (torch.arange(len(DIALOGUES) * most).view(-1, most, 1) % len(model.meme_bank.ids)).expand(-1, -1, 9)
     negatives = negatives.clone()
-    unused = model.meme_bank_ids.index("000")
-    model.meme_bank_features[unused] = outputs.meme_predictions[1].detach()
+    unused = model.meme_bank.ids.index("000")
+    model.meme_bank.features[unused] = outputs.meme_predictions[1].detach()
     negatives[0, 0] = unused
-    negatives[0, 1] = model.meme_bank_ids.index("003")
+    negatives[0, 1] = model.meme_bank.ids.index("003")
     sums = validation_sums(model, outputs, batch, negatives)
     assert sums.shape == (len(DIALOGUES), len(VALIDATION_SUMS)) and sums.dtype == torch.float64
     columns = dict(zip(VALIDATION_SUMS, sums.T))
