@@ -120,17 +120,19 @@ class MemeRetrieval:
     distances: list[float]
 
 
+# The paper's decoding (Fei et al., 2021): nucleus sampling, top-p 0.9, temperature 0.7, no top-k.
+PAPER_SAMPLING = {"top_p": 0.9, "temperature": 0.7, "top_k": 0}
+
+
 def default_generation_config(config: MODGPTConfig, use_cache: bool = True) -> GenerationConfig:
-    """The paper's decoding: nucleus sampling with top_p 0.9 and temperature 0.7 (and no top-k), stopping at `[EOS]`.
+    """The paper's decoding (`PAPER_SAMPLING`), stopping at `[EOS]`.
 
     The other dialogue special tokens are suppressed: a reply is text, and its meme comes from the heads.
     """
     never_generated = [token_id for name, token_id in config.special_token_ids.items() if name != "eos_token_id"]
     return GenerationConfig(
         do_sample=True,
-        top_k=0,
-        top_p=0.9,
-        temperature=0.7,
+        **PAPER_SAMPLING,
         max_new_tokens=32,
         use_cache=use_cache,
         bos_token_id=config.bos_token_id,

@@ -18,7 +18,6 @@ from .synthetic import Workload, response_instances
 from .timing import Stats, interleaved, timed
 
 NEW_TOKENS = 32  # evaluate_mod.py's default --max_new_tokens
-SAMPLING = {"do_sample": True, "top_p": 0.9, "temperature": 0.7}  # the paper's decoding, as evaluate_mod.py samples
 CHECKED_INSTANCES = 2  # instances whose logits are compared batched with the cache and alone without it
 LOGITS_TOLERANCE = 1e-3
 OFFICIAL_STRIDE = 4  # the one-at-a-time way runs on every 4th instance by prompt length
@@ -178,8 +177,8 @@ def evaluation(
     }
 
     def one_at_a_time() -> None:
-        for row in official_rows:
-            generate(model, prompt_inputs(model, processor, [row]), use_cache=False, **SAMPLING)
+        for row in official_rows:  # the model's decoding (its generation config), as evaluate_mod.py samples
+            generate(model, prompt_inputs(model, processor, [row]), use_cache=False)
         synchronize(model.device)
 
     torch.manual_seed(0)

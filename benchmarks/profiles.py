@@ -16,7 +16,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .evaluation import (
-    SAMPLING,
     generate,
     generate_replies,
     prompt_inputs,
@@ -73,7 +72,7 @@ def evaluation_profile(size_name: str, top: int) -> None:
     with torch.no_grad(), replies_of_full_length(model):
         generate_replies(model, processor, batch[:1], 1)  # warm-up
         batched = profiled(lambda: generate_replies(model, processor, batch, len(batch), None))
-        official = profiled(lambda: generate(model, prompt_inputs(model, processor, [alone]), False, **SAMPLING))
+        official = profiled(lambda: generate(model, prompt_inputs(model, processor, [alone]), False))
     print(f"prompts of the batch: {sorted(lengths)} tokens (padded to {max(lengths)})")
     print(summary(f"evaluate_mod, a batch of {len(batch)}", *batched, vocab, top))
     print(

@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from modeling_mod_gpt import PAPER_SAMPLING
+
 from . import ArgumentError
 from .arguments import (
     ArgumentParser,
@@ -99,8 +101,8 @@ EVALUATE_OPTIONS = {
     "trust_remote_code": "boolean",
 }
 NULLS = ("", "~", "null", "Null", "NULL")  # YAML's spellings of null: `--set KEY=null` drops KEY
-# How evaluate_mod.py samples the replies (`generate_replies`, the paper's decoding); it has no flags for these.
-EVALUATE_SAMPLING = {"top_p": 0.9, "temperature": 0.7}
+# How evaluate_mod.py samples the replies (a saved model's generation config, the paper's decoding); no flags for these.
+EVALUATE_SAMPLING = {name: PAPER_SAMPLING[name] for name in ("top_p", "temperature")}
 
 
 # The recipe ---------------------------------------------------------------------------------------------------------
