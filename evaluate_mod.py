@@ -44,7 +44,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from mod_dataset import expected_counts
+from mod_dataset import check_row_counts, expected_counts
 from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
 from mod_scoring import response_nll, usage_decisions
@@ -529,30 +529,14 @@ def print_tables(results: dict[str, dict]) -> None:
 def load_configs(dataset: str) -> dict[str, datasets.DatasetDict]:
     """The configs evaluation reads, checked against the rows the dataset card declares (a local folder's card)."""
     expected = expected_counts(dataset)
-    # Where the card declares the rows, `check_counts` compares them and names the config; datasets' own check
+    # Where the card declares the rows, `check_row_counts` compares them and names the config; datasets' own check
     # would raise from deep inside `load_dataset`, naming the split only.
     verification_mode = "no_checks" if expected else None
     names = (*VIEWS, "dialogues", "memes")
     configs = {name: datasets.load_dataset(dataset, name, verification_mode=verification_mode) for name in names}
     if expected:
-        check_counts(dataset, configs, expected)
+        check_row_counts(dataset, configs)
     return configs
-
-
-def check_counts(dataset: str, configs: dict[str, datasets.DatasetDict], expected: dict[str, dict[str, int]]) -> None:
-    """The rows of each split loaded must be those the dataset card declares: else a cache or a file is stale."""
-    mismatches = [
-        f"config {config!r}, split {split!r}: expected {expected[config].get(split, 'none')}, loaded {len(rows)}"
-        for config, splits in configs.items()
-        if config in expected
-        for split, rows in splits.items()
-        if len(rows) != expected[config].get(split)
-    ]
-    if mismatches:
-        raise ValueError(
-            f"The rows loaded from {dataset} differ from those its dataset card declares (a stale cache, or files "
-            f"changed after the build: rebuild it, or clear its cache): {'; '.join(mismatches)}."
-        )
 
 
 def choose_splits(requested: list[str] | None, configs: dict[str, datasets.DatasetDict], dataset: str) -> list[str]:

@@ -46,7 +46,7 @@ are refused (`OutputFolderError`) before any work, and nothing is deleted.
 from pathlib import Path
 
 from .build import SPLITS, OutputFolderError, build_dataset, push_to_hub
-from .card import expected_counts, format_statistics, statistics
+from .card import check_row_counts, expected_counts, format_statistics, statistics
 from .release import InvalidReleaseError, Problem
 from .sample import make_sample
 
@@ -59,6 +59,7 @@ __all__ = [
     "OutputFolderError",
     "Problem",
     "build_dataset",
+    "check_row_counts",
     "expected_counts",
     "format_statistics",
     "make_sample",

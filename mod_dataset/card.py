@@ -134,6 +134,28 @@ def expected_counts(dataset: str | Path) -> dict[str, dict[str, int]] | None:
     return counts or None
 
 
+def check_row_counts(dataset: str | Path, loaded: dict) -> None:
+    """
+    Raise a `ValueError` naming every config and split of `loaded` (`DatasetDict`s by config name) whose rows differ
+    from those the card of `dataset` declares: a stale `datasets` cache, or files changed after the build. A dataset
+    whose card declares none (a hub id) is not checked.
+    """
+    expected = expected_counts(dataset) or {}
+    mismatches = [
+        f"config {config!r}, split {split!r} loaded {len(splits[split]) if split in splits else 0} rows but the "
+        f"dataset card declares {expected[config].get(split, 0)}"
+        for config, splits in loaded.items()
+        if config in expected
+        for split in sorted({*expected[config], *splits})
+        if (len(splits[split]) if split in splits else 0) != expected[config].get(split, 0)
+    ]
+    if mismatches:
+        raise ValueError(
+            f"{'; '.join(mismatches)}. The `datasets` cache may hold another dataset of the same folder name, or the "
+            f"files changed after the build: clear the cache (HF_DATASETS_CACHE) or rebuild {dataset}."
+        )
+
+
 def dataset_card(tables: dict, files: dict, record: dict, emotions: list[str], language: str) -> str:
     configs = [
         {

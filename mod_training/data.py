@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from mod_dataset import expected_counts
+from mod_dataset import check_row_counts
 from processing_mod import MODProcessor
 
 from . import ArgumentError
@@ -29,28 +29,14 @@ def load_splits(dataset: str) -> tuple[datasets.DatasetDict, datasets.Dataset]:
         ) from error
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetsError) as error:
         raise ArgumentError(f"--dataset {dataset!r} is not a built MOD dataset: {error}") from error
-    check_row_counts(dataset, {"dialogues": dialogues, "memes": memes})
+    try:
+        check_row_counts(dataset, {"dialogues": dialogues, "memes": memes})
+    except ValueError as error:
+        raise ArgumentError(f"--dataset {dataset!r}: {error}") from error
     for split in ("train", "validation"):
         if split not in dialogues or len(dialogues[split]) == 0:
             raise ArgumentError(f"--dataset {dataset!r}: its dialogues have no {split!r} split, which training needs.")
     return dialogues, next(iter(memes.values()))
-
-
-def check_row_counts(dataset: str, loaded: dict[str, datasets.DatasetDict]) -> None:
-    """Stop when the rows loaded are not those the dataset card declares (`datasets` may serve a stale cache)."""
-    expected = expected_counts(dataset)
-    if expected is None:
-        return
-    for config, splits in loaded.items():
-        declared = expected.get(config, {})
-        for split in sorted({*declared, *splits}):
-            rows = len(splits[split]) if split in splits else 0
-            if rows != declared.get(split, rows):
-                raise ArgumentError(
-                    f"--dataset {dataset!r}: config {config!r}, split {split!r} loaded {rows} rows but the dataset "
-                    f"card declares {declared[split]}. The `datasets` cache may hold another dataset of the same "
-                    "folder name: clear it (HF_DATASETS_CACHE) or rebuild the dataset."
-                )
 
 
 def emotion_names(dialogues: datasets.DatasetDict) -> list[str]:
