@@ -49,6 +49,7 @@ from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
 from mod_scoring import response_nll, usage_decisions
 from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
+from output_folders import read_marker, why_not_writable
 from pipeline_mod import DTYPES, device_argument, load_mod_gpt, load_mod_gpt_config, machine_accelerator
 
 TEST_SPLITS = ("easy_test", "hard_test")
@@ -423,23 +424,16 @@ def release_prefix(dataset: str) -> str:
 
 def check_submission_folder(folder: Path) -> None:
     """A submission folder must be new, empty, or one this script wrote before (it holds `SUBMISSION_MARKER`)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--write_submission {str(folder)!r} is a file, not a folder.")
-    if folder.is_dir() and any(folder.iterdir()) and not is_submission_folder(folder):
-        found = ", ".join(sorted(path.name for path in folder.iterdir())[:5])
+    problem = why_not_writable(folder, SUBMISSION_MARKER, WRITER, is_submission_folder)
+    if problem:
         raise ValueError(
-            f"--write_submission {str(folder)!r} is not empty and was not written by {WRITER} (it has no "
-            f"{SUBMISSION_MARKER}; it holds {found}, ...): nothing was written. Give a new or empty folder."
+            f"--write_submission {str(folder)!r} {problem}: nothing was written. Give a new or empty folder."
         )
 
 
 def is_submission_folder(folder: Path) -> bool:
     """Whether `folder` holds the marker file that `write_submission` leaves in the folders it writes."""
-    try:
-        marker = json.loads((folder / SUBMISSION_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("writer") == WRITER
+    return (read_marker(folder, SUBMISSION_MARKER) or {}).get("writer") == WRITER
 
 
 def write_submission(

@@ -10,6 +10,8 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
+from output_folders import read_marker, why_not_writable
+
 from .card import dataset_card, release_record
 from .release import (
     ANSWER_FIELDS,
@@ -293,22 +295,17 @@ def check_output(out: Path, raw_dir: Path) -> None:
             f"the output folder {out} lies inside the release folder {release}; nothing was changed: "
             "give a folder outside the release"
         )
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"the output path {out} exists and is not a folder; nothing was changed")
-    if out.is_dir() and any(out.iterdir()) and not is_built(out):
+    problem = why_not_writable(out, MARKER, BUILDER, is_built)
+    if problem:
         raise OutputFolderError(
-            f"the output folder {out} is not empty and was not built by {BUILDER} (it has no {MARKER}); nothing "
-            "was changed: give a new or empty folder, or remove this one yourself"
+            f"the output folder {out} {problem}; nothing was changed: give a new or empty folder, or remove this one "
+            "yourself"
         )
 
 
 def is_built(folder: Path) -> bool:
     """Whether `folder` holds the marker file of a folder this package built."""
-    try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("builder") == BUILDER
+    return (read_marker(folder, MARKER) or {}).get("builder") == BUILDER
 
 
 def move_into_place(staging: Path, out: Path) -> None:

@@ -13,6 +13,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from configuration_mod_gpt import MODGPTConfig, is_timm_hub_model, timm_encoder_config, timm_hub_encoder_config
+from output_folders import why_not_writable
 
 from . import ArgumentError
 from .run_folder import RUN_MARKER, is_training_run
@@ -288,8 +289,9 @@ def check_output_dir(args: TrainArguments) -> None:
     marker) that --overwrite_output_dir may delete because none of the run's inputs lie inside it.
     """
     output_dir = Path(args.output_dir).resolve()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ArgumentError(f"--output_dir {args.output_dir!r} is a file, not a folder.")
+    problem = why_not_writable(output_dir, RUN_MARKER, "train.py", is_training_run)
+    if problem and not output_dir.is_dir():
+        raise ArgumentError(f"--output_dir {args.output_dir!r} {problem}: nothing was written.")
     if looks_local(args.dataset):
         dataset = Path(args.dataset).resolve()
         if output_dir == dataset or dataset in output_dir.parents:
@@ -306,12 +308,10 @@ def check_output_dir(args: TrainArguments) -> None:
                 "give one or the other."
             )
         return
-    if not is_training_run(output_dir):
-        found = ", ".join(sorted(p.name for p in output_dir.iterdir())[:5])
+    if problem:
         raise ArgumentError(
-            f"--output_dir {args.output_dir!r} is not empty and is not the folder of a training run (it has no "
-            f"{RUN_MARKER}; it holds {found}, ...): nothing was written, and --overwrite_output_dir never deletes "
-            "such a folder. Give a new or empty folder."
+            f"--output_dir {args.output_dir!r} {problem}: nothing was written, and --overwrite_output_dir never "
+            "deletes such a folder. Give a new or empty folder."
         )
     if not args.overwrite_output_dir:
         raise ArgumentError(

@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from modeling_mod_gpt import PAPER_SAMPLING
+from output_folders import why_not_writable
 
 from . import ArgumentError
 from .arguments import (
@@ -468,14 +469,11 @@ def make_plan(options: argparse.Namespace) -> Plan:
 
 def check_root(root: Path, given: str) -> None:
     """--output_dir: new, empty, or a recipe run's folder (it has the marker the runner leaves there)."""
-    if root.exists() and not root.is_dir():
-        raise ArgumentError(f"--output_dir {given!r} is a file, not a folder.")
-    if root.is_dir() and any(root.iterdir()) and not (root / ROOT_MARKER).is_file():
-        found = ", ".join(sorted(p.name for p in root.iterdir())[:5])
+    problem = why_not_writable(root, ROOT_MARKER, "the recipe runner", lambda folder: (folder / ROOT_MARKER).is_file())
+    if problem:
         raise ArgumentError(
-            f"--output_dir {given!r} is not empty and is not a recipe run's folder (it has no {ROOT_MARKER}; it "
-            f"holds {found}, ...): nothing was written. Give a new or empty folder, or the folder of an earlier run "
-            "of this command to continue it."
+            f"--output_dir {given!r} {problem}: nothing was written. Give a new or empty folder, or the folder of an "
+            "earlier run of this command to continue it."
         )
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from output_folders import read_marker
+
 RUN_MARKER = "training_run.json"
 METRICS_FILE = "metrics.jsonl"
 MODEL_LINK = ".model"
@@ -23,11 +25,7 @@ MODEL_LINK = ".model"
 
 def is_training_run(folder: Path) -> bool:
     """Whether `folder` holds the marker that training writes when it starts a run there."""
-    try:
-        marker = json.loads((folder / RUN_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and "arguments" in marker
+    return "arguments" in (read_marker(folder, RUN_MARKER) or {})
 
 
 def start_run_folder(output_dir: Path, arguments: dict[str, Any], overwrite: bool, resumed_step: int | None) -> None:

@@ -911,11 +911,11 @@ def test_an_output_folder_not_built_here_is_refused_and_kept_whole(tmp_path, cap
     assert main(["build", str(SAMPLE_DIR), out]) == 1
     error = capsys.readouterr().err
     if output == "a file":
-        assert f"mod_dataset: error: the output path {work / 'README.md'} exists and is not a folder" in error
+        assert f"mod_dataset: error: the output folder {work / 'README.md'} is a file, not a folder" in error
     else:
         assert (
-            f"mod_dataset: error: the output folder {work} is not empty and was not built by mod_dataset (it has no "
-            ".mod_dataset.json); nothing was changed" in error
+            f"mod_dataset: error: the output folder {work} is not empty and was not written by mod_dataset (it has "
+            "no .mod_dataset.json; it holds README.md, data, ...); nothing was changed" in error
         )
     assert snapshot(tmp_path) == before
 

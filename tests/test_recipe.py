@@ -429,7 +429,9 @@ def test_folders_that_do_not_fit_the_recipe_are_refused(sample_dataset, tmp_path
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    assert "is not empty and is not a recipe run's folder" in refused(capsys, sample_dataset, foreign, *meme)
+    assert "is not empty and was not written by the recipe runner (it has no recipe_run.json" in refused(
+        capsys, sample_dataset, foreign, *meme
+    )
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
     # A finished CEM without a finished IMFE before it was trained from something else.

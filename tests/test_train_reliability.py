@@ -155,6 +155,15 @@ def test_an_earlier_run_is_kept_unless_replacing_it_is_asked(capsys, sample_data
     assert snapshot(baseline) == before
 
 
+def test_an_output_dir_that_is_a_file_is_refused_and_kept(capsys, sample_dataset, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for overwrite in ([], ["--overwrite_output_dir"]):
+        stderr = refusal(capsys, sample_dataset, notes, "--max_steps", "1", *overwrite)
+        assert f"--output_dir {str(notes)!r} is a file, not a folder" in stderr
+    assert notes.read_text() == "mine"
+
+
 def test_overwriting_never_deletes_a_folder_that_is_not_a_run(capsys, sample_dataset, tmp_path):
     other_dataset = tmp_path / "other_data"
     shutil.copytree(sample_dataset, other_dataset)
