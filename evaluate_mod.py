@@ -99,7 +99,7 @@ def reply_turn(row: dict, text: str) -> dict:
     return {"speaker": row["speaker"], "text": text, "meme": None, "emotion": None}
 
 
-def at_last(inputs: dict, token_id: int, head_outputs: torch.Tensor) -> torch.Tensor:
+def at_each_rows_last(inputs: dict, token_id: int, head_outputs: torch.Tensor) -> torch.Tensor:
     """The rows of a head's outputs (one per `token_id` token, in reading order) at each dialogue's last one."""
     return head_outputs[last_per_row(inputs["input_ids"] == token_id)]
 
@@ -260,7 +260,7 @@ def reply_meme_predictions(model, processor, rows: list[dict], batch_size: int) 
     for chunk in batched(rows, batch_size, "retrieval"):
         dialogues = [row["history"] + [reply_turn(row, row["answer_text"] or "")] for row in chunk]
         inputs, outputs = model.run_dialogues(processor, dialogues)
-        predictions.append(at_last(inputs, model.config.tag_token_id, outputs.meme_predictions))
+        predictions.append(at_each_rows_last(inputs, model.config.tag_token_id, outputs.meme_predictions))
     return torch.cat(predictions)
 
 
@@ -334,7 +334,7 @@ def rank_emotions(model, processor, rows: list[dict], batch_size: int) -> list[l
     ranked = []
     for chunk in batched(rows, batch_size, "emotion"):
         inputs, outputs = model.run_dialogues(processor, [row["history"] for row in chunk])
-        logits = at_last(inputs, model.config.image_token_id, outputs.emotion_logits)
+        logits = at_each_rows_last(inputs, model.config.image_token_id, outputs.emotion_logits)
         ranked += logits.topk(top_k, dim=-1).indices.tolist()
     return ranked
 
@@ -601,7 +601,7 @@ def split_views(configs: dict[str, datasets.DatasetDict], split: str, limit: int
 def load_model(model_name: str, config, memes: datasets.Dataset, trust_remote_code: bool = False):
     """The model and processor, with the dataset's memes added to the bank (unseen ones become candidates too)."""
     model, processor = load_mod_gpt(model_name, trust_remote_code, config=config)
-    model.add_new_memes(memes, processor.image_processor)
+    model.add_memes_from_table(memes, processor.image_processor)
     return model, processor
 
 
@@ -616,7 +616,7 @@ class Setup:
     memes: datasets.Dataset
 
 
-def start(args) -> Setup:
+def check_and_load(args) -> Setup:
     """Everything that can fail before evaluating, cheapest first: the data and its checks, the model's config, the
     model."""
     configs = load_configs(args.dataset)
@@ -720,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     start_processes(args.device)
     try:
-        setup = start(args)
+        setup = check_and_load(args)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     results = evaluate(args, setup)

@@ -922,7 +922,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             features = self.model.normalize_meme_features(meme_features.to(self.meme_bank.features))
         (self.meme_bank if meme_bank is None else meme_bank).add(list(meme_ids), features)
 
-    def add_new_memes(self, memes: Any, image_processor: Any, meme_bank: MemeBank | None = None) -> list[str]:
+    def add_memes_from_table(self, memes: Any, image_processor: Any, meme_bank: MemeBank | None = None) -> list[str]:
         """
         Add the memes of a `memes` table (the built dataset's `memes` config) that the bank (`meme_bank`, default the
         model's) lacks, such as the hard test's unseen memes: from their images through the meme encoder, or, for a

@@ -121,7 +121,7 @@ class MemeDialoguePipeline(Pipeline):
                     list(features), meme_features=torch.stack(list(features.values())), meme_bank=bank
                 )
         elif isinstance(memes, datasets.Dataset):  # its images, or its features for a model without a meme encoder
-            self.model.add_new_memes(memes, self.processor.image_processor, meme_bank=bank)
+            self.model.add_memes_from_table(memes, self.processor.image_processor, meme_bank=bank)
         else:
             raise ValueError(
                 f"memes must map meme ids to images (or features) or be a `memes` dataset split, got a "

@@ -85,7 +85,7 @@ IMFE_ENCODER_FILE = "meme_encoder.safetensors"
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 
-class Preempted(Exception):
+class StoppedBySigterm(Exception):
     """SIGTERM stopped the run after a step, once its checkpoint was saved (exit status 143)."""
 
 
@@ -179,7 +179,7 @@ def train(args: TrainArguments) -> dict[str, float]:
 
     # Training
     progress = tqdm(total=max_steps, initial=state["global_step"], disable=not accelerator.is_local_main_process)
-    preemption = Preemption()
+    preemption = SigtermWatch()
     model.train()
     cycle_losses = []
     try:
@@ -216,7 +216,7 @@ def train(args: TrainArguments) -> dict[str, float]:
                 if stop or (args.save_steps and step % args.save_steps == 0):
                     saved = checkpoint()
                 if stop:
-                    raise Preempted(
+                    raise StoppedBySigterm(
                         f"stopped by SIGTERM after step {step}; saved {saved}. Continue with "
                         "--resume_from_checkpoint latest."
                     )
@@ -360,7 +360,7 @@ class LossWindow:
         return values
 
 
-class Preemption:
+class SigtermWatch:
     """SIGTERM (a preempted job) asks the loop to stop after its current step; a second SIGTERM acts as usual."""
 
     def __init__(self):
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
-    except Preempted as stop:
+    except StoppedBySigterm as stop:
         print(f"train.py: {stop}", file=sys.stderr)
         return SIGTERM_EXIT_STATUS
     return 0

@@ -299,7 +299,7 @@ def always_meme_model(processor, sample_dataset: Path, folder: Path) -> Path:
     """
     model = always_meme_model_in_memory(processor)
     memes = next(iter(datasets.load_dataset(str(sample_dataset), "memes").values()))
-    model.add_new_memes(memes.filter(lambda row: row["seen"]), processor.image_processor)
+    model.add_memes_from_table(memes.filter(lambda row: row["seen"]), processor.image_processor)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

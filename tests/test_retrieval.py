@@ -296,7 +296,7 @@ def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_feature
     assert pipe.model.meme_bank_ids == model.meme_bank.ids  # nothing new: no feature needed, no image either
     memes_without_features = memes.remove_columns("feature").add_item({"meme_id": "106"})
     with pytest.raises(ValueError, match=r"\['106'\].*no meme encoder.*`feature`"):
-        model.add_new_memes(memes_without_features, processor.image_processor)
+        model.add_memes_from_table(memes_without_features, processor.image_processor)
 
 
 def test_release_features_on_a_dataset_without_them_is_a_clear_error(tmp_path, capsys):
