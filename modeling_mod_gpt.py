@@ -158,6 +158,31 @@ def last_per_row(mask: torch.BoolTensor) -> torch.LongTensor:
     return mask.sum(dim=1).cumsum(0) - 1
 
 
+def loss_item_counts(
+    labels: torch.LongTensor | None, usage_labels: torch.LongTensor | None, emotion_labels: torch.LongTensor | None
+) -> torch.LongTensor:
+    """
+    What each part of the loss averages over, in `LOSS_WEIGHTS` order: the text labels (after the shift), the `[TAG]`
+    usage labels, the attached memes (usage 1) and the `[IMG]` emotion labels; 0 for a part without labels. Summed
+    over processes, it is the `num_items_in_batch` of `MODGPTForMemeDialogue.forward`.
+    """
+    given = [labels, usage_labels, emotion_labels]
+    none = torch.zeros((), dtype=torch.long, device=next((t.device for t in given if t is not None), None))
+    return torch.stack(
+        [
+            none if labels is None else (labels[:, 1:] != IGNORE_INDEX).sum(),
+            none if usage_labels is None else (usage_labels != IGNORE_INDEX).sum(),
+            none if usage_labels is None else (usage_labels == 1).sum(),
+            none if emotion_labels is None else (emotion_labels != IGNORE_INDEX).sum(),
+        ]
+    )
+
+
+def mean_over(summed: torch.Tensor, num_items: torch.Tensor) -> torch.Tensor:
+    """A loss summed over items, divided by `num_items`; a sum over no items is the zero it is, keeping the graph."""
+    return summed / num_items.to(summed.device).clamp(min=1)
+
+
 def check_one_meme_source(**sources: Any) -> None:
     """Memes come one way only: refuse a call that gives them in more than one of `sources`."""
     given = [name for name, value in sources.items() if value is not None]
@@ -716,6 +741,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         usage_labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor | None = 0,
+        num_items_in_batch: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple | MODGPTOutput:
         r"""
@@ -753,6 +779,12 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
                 training step wants: the text loss runs the LM head on the labelled positions only, and the
                 vocabulary-wide logits of a whole batch are the largest tensor of a step. The text loss never depends
                 on `logits_to_keep`.
+            num_items_in_batch (`torch.LongTensor` of shape `(4,)`, *optional*):
+                The items each loss part averages over in the whole global batch (`loss_item_counts` of every
+                process's batch, summed), in `LOSS_WEIGHTS` order. Given, each part is this batch's sum divided by
+                them, so that a process holding fewer labelled tokens, memes or emotions weighs less and the summed
+                gradients of all processes are those of one process holding the global batch (as transformers' causal
+                LMs use `num_items_in_batch`). Left `None`, each part is a mean over this batch.
         """
         check_one_meme_source(meme_features=meme_features, pixel_values=pixel_values, meme_ids=meme_ids)
         if meme_ids is not None:
@@ -776,14 +808,19 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         emotion_logits = self.emotion_head(hidden_states[image_mask])
 
         logits = None if logits_to_keep is None else self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
-        lm_loss = None if labels is None else self.text_loss(hidden_states, labels)
+        if num_items_in_batch is None:
+            num_items_in_batch = loss_item_counts(labels, usage_labels, emotion_labels)
+        text_items, usage_items, meme_items, emotion_items = num_items_in_batch.unbind()
+        lm_loss = None if labels is None else self.text_loss(hidden_states, labels, text_items)
         usage_loss = meme_loss = emotion_loss = None
         if usage_labels is not None:
             tag_usage = usage_labels[tag_mask]
-            usage_loss = self.classification_loss(usage_logits, tag_usage)
-            meme_loss = self.meme_retrieval_loss(meme_predictions, tag_usage, input_ids, outputs.meme_features)
+            usage_loss = self.classification_loss(usage_logits, tag_usage, usage_items)
+            meme_loss = self.meme_retrieval_loss(
+                meme_predictions, tag_usage, input_ids, outputs.meme_features, meme_items
+            )
         if emotion_labels is not None:
-            emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask])
+            emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask], emotion_items)
 
         return MODGPTOutput(
             loss=self.weighted_loss(lm_loss, usage_loss, meme_loss, emotion_loss),
@@ -806,24 +843,20 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         present = [weight * part for weight, part in zip(weights, parts) if part is not None]
         return torch.stack(present).sum() if present else None
 
-    def text_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
-        """
-        Next-token cross-entropy, running the LM head only on the positions that have a label; a zero that keeps the
-        graph when none has (as `classification_loss`).
-        """
+    def text_loss(
+        self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items: torch.Tensor
+    ) -> torch.Tensor:
+        """Next-token cross-entropy over `num_items` labels, running the LM head only on the positions that have one."""
         shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         predicting = shifted_labels != IGNORE_INDEX
         logits = self.lm_head(hidden_states[predicting])
-        if not predicting.any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), shifted_labels[predicting])
+        return mean_over(F.cross_entropy(logits.float(), shifted_labels[predicting], reduction="sum"), num_items)
 
     @staticmethod
-    def classification_loss(logits: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
-        """Mean cross-entropy over the targets that are not ignored; a zero that keeps the graph when all are."""
-        if not (targets != IGNORE_INDEX).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+    def classification_loss(logits: torch.Tensor, targets: torch.LongTensor, num_items: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the targets that are not ignored, averaged over `num_items`."""
+        summed = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        return mean_over(summed, num_items)
 
     def meme_retrieval_loss(
         self,
@@ -831,10 +864,12 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         tag_usage: torch.LongTensor,
         input_ids: torch.LongTensor,
         meme_features: torch.Tensor,
+        num_items: torch.Tensor,
     ) -> torch.Tensor:
         """
-        `config.meme_loss` over the `[TAG]`s that attach a meme: the mean squared error between the predicted and the
-        attached meme's features ("l2"), or the contrastive loss of ranking the attached meme first ("contrastive").
+        `config.meme_loss` over the `[TAG]`s that attach a meme, averaged over `num_items` memes: the squared error
+        between the predicted and the attached meme's features per dimension ("l2"), or the contrastive loss of
+        ranking the attached meme first ("contrastive").
         """
         uses_meme = tag_usage == 1
         if not uses_meme.any():
@@ -842,10 +877,12 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         targets = self.attached_meme_features(input_ids, meme_features, uses_meme).detach().float()
         predictions = meme_predictions[uses_meme].float()
         if self.config.meme_loss == "contrastive":
-            return self.contrastive_meme_loss(predictions, targets)
-        return F.mse_loss(predictions, targets)
+            return mean_over(self.contrastive_meme_loss(predictions, targets, reduction="sum"), num_items)
+        return mean_over(F.mse_loss(predictions, targets, reduction="sum") / targets.shape[-1], num_items)
 
-    def contrastive_meme_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def contrastive_meme_loss(
+        self, predictions: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
         """
         Cross-entropy of picking each target meme among the distinct memes of the bank and of `targets`, with logits
         `-distance / temperature`: the retrieval distance, per dimension for L2 (see `meme_loss_temperature`).
@@ -855,7 +892,9 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         distances = self.meme_bank.distances(predictions, candidates)
         if self.config.retrieval_distance == "l2":
             distances = distances / self.config.meme_feature_size**0.5
-        return F.cross_entropy(-distances / self.config.meme_loss_temperature, inverse[len(bank) :])
+        return F.cross_entropy(
+            -distances / self.config.meme_loss_temperature, inverse[len(bank) :], reduction=reduction
+        )
 
     def attached_meme_features(
         self, input_ids: torch.LongTensor, meme_features: torch.Tensor, uses_meme: torch.BoolTensor

@@ -52,7 +52,6 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from configuration_mod_gpt import IGNORE_INDEX
 from mod_scoring import VALIDATION_SUMS, validation_metrics, validation_sums
 from mod_training import ArgumentError, TrainingError
 from mod_training.arguments import TrainArguments, parse_arguments
@@ -78,6 +77,7 @@ from mod_training.data import (
 from mod_training.hub import start_hub_repo, upload, wait_for_uploads
 from mod_training.model_setup import build_model, build_processor, fill_meme_bank, imfe_encoder
 from mod_training.run_folder import MODEL_LINK, append_metrics, start_run_folder
+from modeling_mod_gpt import loss_item_counts
 
 logger = get_logger("train")
 
@@ -191,8 +191,13 @@ def train(args: TrainArguments) -> dict[str, float]:
             for batch_index, batch in enumerate(epoch_loader, start=skip):
                 seed_dropout(args.seed, epoch, batch_index, accelerator.process_index)
                 with accelerator.accumulate(model):
-                    outputs = model(**batch, logits_to_keep=None)  # the LM head on labelled positions only
-                    loss = global_batch_loss(outputs, batch, accelerator, unwrapped.config)
+                    # Each loss part averaged over the global batch; DDP then averages the processes' gradients.
+                    num_items = accelerator.reduce(
+                        loss_item_counts(batch["labels"], batch["usage_labels"], batch["emotion_labels"]),
+                        reduction="sum",
+                    )
+                    outputs = model(**batch, logits_to_keep=None, num_items_in_batch=num_items)
+                    loss = outputs.loss * accelerator.num_processes
                     accelerator.backward(loss)
                     cycle_losses.append(loss.detach())
                     if accelerator.sync_gradients:
@@ -255,33 +260,6 @@ def seed_dropout(seed: int, epoch: int, batch_index: int, process_index: int) ->
     """
     entropy = np.random.SeedSequence([seed, epoch, batch_index, process_index]).generate_state(2)
     torch.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-
-
-def loss_item_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What each loss part averages over: text labels, [TAG] usage labels, attached memes, [IMG] emotion labels."""
-    return torch.stack(
-        [
-            (batch["labels"][:, 1:] != IGNORE_INDEX).sum(),
-            (batch["usage_labels"] != IGNORE_INDEX).sum(),
-            (batch["usage_labels"] == 1).sum(),
-            (batch["emotion_labels"] != IGNORE_INDEX).sum(),
-        ]
-    )
-
-
-def global_batch_loss(outputs, batch: dict[str, torch.Tensor], accelerator: Accelerator, config) -> torch.Tensor:
-    """
-    The weighted loss with each part averaged over the whole global batch rather than this process's share of it.
-    Each process holds a different number of labelled tokens, memes and emotions, so plain per-process means would
-    weight them unevenly; rescaled this way, the gradients that DDP averages over N processes are those of one
-    process holding the global batch.
-    """
-    local_counts = loss_item_counts(batch)
-    global_counts = accelerator.reduce(local_counts, reduction="sum").clamp(min=1)
-    share = local_counts * accelerator.num_processes / global_counts
-    parts = torch.stack([outputs.lm_loss, outputs.usage_loss, outputs.meme_loss, outputs.emotion_loss])
-    weights = [config.text_loss_weight, config.usage_loss_weight, config.meme_loss_weight, config.emotion_loss_weight]
-    return (parts * share * parts.new_tensor(weights)).sum()
 
 
 def apply_gradients(

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from conftest import DIALOGUES
 
-from modeling_mod_gpt import IGNORE_INDEX, MODGPTModel, MODGPTOutput
+from modeling_mod_gpt import IGNORE_INDEX, MODGPTModel, MODGPTOutput, loss_item_counts
 
 HEAD_OUTPUTS = ("usage_logits", "meme_predictions", "emotion_logits")
+LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
 
 
 def plain_inputs(processor, model, dialogues=DIALOGUES) -> dict:
@@ -129,3 +130,31 @@ def test_a_training_step_runs_under_bf16_autocast(model, processor):
     assert outputs.loss.isfinite()
     outputs.loss.backward()
     assert model.model.meme_projector.weight.grad is not None
+
+
+@pytest.mark.parametrize("meme_loss", ["l2", "contrastive"])
+def test_losses_over_the_global_item_counts_add_up_across_shards(model, processor, meme_loss):
+    """Two shards of a batch, each averaged over the whole batch's items (`num_items_in_batch`), give together the
+    losses and gradients of the whole batch averaged over its own: what training relies on across processes."""
+    model.config.meme_loss = meme_loss
+    model.eval()  # no dropout: the shards and the whole batch compute the same hidden states
+    whole = processor(DIALOGUES)
+    shards = [processor(DIALOGUES[:1]), processor(DIALOGUES[1:])]
+    counts = loss_item_counts(whole["labels"], whole["usage_labels"], whole["emotion_labels"])
+    assert all(count > 0 for count in counts.tolist())
+
+    def loss_and_grads(batches, num_items=None):
+        model.zero_grad()
+        outputs = [model(**batch, logits_to_keep=None, num_items_in_batch=num_items) for batch in batches]
+        parts = torch.stack([torch.stack([getattr(o, n) for n in LOSS_PARTS]) for o in outputs]).sum(0)
+        sum(o.loss for o in outputs).backward()
+        return parts.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    expected_parts, expected_grads = loss_and_grads([whole])
+    parts, grads = loss_and_grads(shards, counts)
+    torch.testing.assert_close(parts, expected_parts)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+    # Without the global counts each shard is its own mean: not the whole batch's.
+    alone, _ = loss_and_grads(shards)
+    assert not torch.allclose(alone, expected_parts)
