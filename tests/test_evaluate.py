@@ -550,7 +550,7 @@ def test_sampled_replies_do_not_depend_on_the_batch_size(batch_of_16, trained_mo
 
 @pytest.mark.slow
 def test_two_processes_give_the_figures_and_files_of_one(batch_of_16, trained_model, sample_dataset, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     evaluation = run_script(
         "evaluate_mod.py",
         *["--model", str(trained_model), "--dataset", str(sample_dataset), "--batch_size", "4", *SMALL_RUN],

@@ -164,7 +164,7 @@ def test_two_processes_follow_the_one_process_run_and_share_validation(sample_da
         env={**env, "VALIDATION_ROWS_DIR": str(tmp_path / "rows-one")},
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     double = run_train(
         *common,
         "--output_dir",
