@@ -48,9 +48,19 @@ from mod_dataset import check_row_counts, expected_counts
 from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
 from mod_scoring import response_nll, usage_decisions
-from modeling_mod_gpt import DIALOGUE_INPUTS, last_per_row
+from modeling_mod_gpt import last_per_row
 from output_folders import read_marker, why_not_writable
-from pipeline_mod import DTYPES, device_argument, load_mod_gpt, load_mod_gpt_config, machine_accelerator
+from pipeline_mod import (
+    DTYPES,
+    add_memes_from_table,
+    device_argument,
+    forward_dialogues,
+    generate_texts,
+    load_mod_gpt,
+    load_mod_gpt_config,
+    machine_accelerator,
+    max_prompt_length,
+)
 
 TEST_SPLITS = ("easy_test", "hard_test")
 FALLBACK_SPLIT = "validation"
@@ -131,13 +141,17 @@ class InstanceSampler(LogitsProcessor):
     """
     Sampling that depends only on the seed and the instance: the warped scores of each row plus Gumbel noise drawn
     from a generator seeded by (seed, the row's instance id, the step), for greedy decoding to take the argmax. The
-    Gumbel-max trick makes that argmax an exact sample of the warped distribution, whatever batch the row is in.
+    Gumbel-max trick makes that argmax an exact sample of the warped distribution, whatever batch the row is in. One
+    sampler serves one `generate` call: the width of the prompt is that of the first call's `input_ids`.
     """
 
-    def __init__(self, warpers: LogitsProcessorList, seed: int, instances: list[str], prompt_width: int):
-        self.warpers, self.seed, self.instances, self.prompt_width = warpers, seed, instances, prompt_width
+    def __init__(self, warpers: LogitsProcessorList, seed: int, instances: list[str]):
+        self.warpers, self.seed, self.instances = warpers, seed, instances
+        self.prompt_width: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_width is None:
+            self.prompt_width = input_ids.shape[1]
         step = input_ids.shape[1] - self.prompt_width
         scores = self.warpers(input_ids, scores)
         uniform = torch.stack(
@@ -156,7 +170,7 @@ class InstanceSampler(LogitsProcessor):
 
 def prompt_lengths(model, processor, rows: list[dict], max_new_tokens: int) -> list[int]:
     """The length of each row's prompt as `generate_replies` encodes it (its history, truncated, and the reply prompt)."""
-    max_length = model.max_prompt_length(processor, max_new_tokens)
+    max_length = max_prompt_length(model, processor, max_new_tokens)
     return [
         len(
             processor.encode_dialogue(row["history"], index, add_generation_prompt=True, max_length=max_length)[
@@ -201,6 +215,7 @@ def generate_replies(
     the order of `rows`. The rows run in batches of similar prompt length (`length_batches`: at most `batch_size`
     rows, `max_batch_tokens` padded prompt tokens), so that little of a batch is padding; `generate` runs the LM head
     on the last prompt position only (it passes `logits_to_keep=1` to the model's forward on the prompt pass).
+    Each batch runs `pipeline_mod.generate_texts`, as every front end does.
     """
     warpers = sampling_warpers(model.generation_config)
     greedy = copy.deepcopy(model.generation_config)  # the warpers and the noise do the sampling, in `InstanceSampler`
@@ -210,18 +225,15 @@ def generate_replies(
     batches = length_batches(lengths, batch_size, max_batch_tokens)
     for batch in tqdm(batches, desc="generation", leave=False, disable=not is_main_process()):
         chunk = [rows[index] for index in batch]
-        prompt = model.dialogue_inputs(
-            processor, [row["history"] for row in chunk], add_generation_prompt=True, max_new_tokens=max_new_tokens
-        )
-        width = prompt["input_ids"].shape[1]
-        sampler = InstanceSampler(warpers, seed, [row["id"] for row in chunk], width)
-        generated = model.generate(
-            **{key: prompt[key] for key in DIALOGUE_INPUTS},
+        sampler = InstanceSampler(warpers, seed, [row["id"] for row in chunk])
+        texts = generate_texts(
+            model,
+            processor,
+            [row["history"] for row in chunk],
             generation_config=greedy,
             logits_processor=LogitsProcessorList([sampler]),
-            logits_to_keep=1,  # what generate passes anyway; said here, as the prompt pass needs no other logits
         )
-        for index, reply in zip(batch, processor.decode_replies(generated[:, width:])):
+        for index, reply in zip(batch, texts):
             replies[index] = reply
     return replies
 
@@ -232,7 +244,7 @@ def gold_response_nll(model, processor, rows: list[dict], batch_size: int) -> tu
     nll_sums, counts = [], []
     for chunk in batched(rows, batch_size, "perplexity"):
         dialogues = [row["history"] + [reply_turn(row, row["answer"])] for row in chunk]
-        inputs, outputs = model.run_dialogues(processor, dialogues, label_turns="last")
+        inputs, outputs = forward_dialogues(model, processor, dialogues, label_turns="last")
         nll, tokens = response_nll(outputs.logits, inputs["labels"])
         nll_sums += nll.tolist()
         counts += tokens.tolist()
@@ -259,7 +271,7 @@ def reply_meme_predictions(model, processor, rows: list[dict], batch_size: int) 
     predictions = []
     for chunk in batched(rows, batch_size, "retrieval"):
         dialogues = [row["history"] + [reply_turn(row, row["answer_text"] or "")] for row in chunk]
-        inputs, outputs = model.run_dialogues(processor, dialogues)
+        inputs, outputs = forward_dialogues(model, processor, dialogues)
         predictions.append(at_each_rows_last(inputs, model.config.tag_token_id, outputs.meme_predictions))
     return torch.cat(predictions)
 
@@ -313,7 +325,7 @@ def usage_decided(model, processor, dialogues: list[list[dict]], batch_size: int
     """The predicted and the labelled usage decision at each labelled [TAG] of `dialogues`, in reading order."""
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
-        inputs, outputs = model.run_dialogues(processor, chunk)
+        inputs, outputs = forward_dialogues(model, processor, chunk)
         _, predicted, labelled = usage_decisions(
             inputs["input_ids"], inputs["usage_labels"], outputs.usage_logits, model.config.tag_token_id
         )
@@ -333,7 +345,7 @@ def rank_emotions(model, processor, rows: list[dict], batch_size: int) -> list[l
     top_k = emotion_ks(model.config.num_emotions)[-1]
     ranked = []
     for chunk in batched(rows, batch_size, "emotion"):
-        inputs, outputs = model.run_dialogues(processor, [row["history"] for row in chunk])
+        inputs, outputs = forward_dialogues(model, processor, [row["history"] for row in chunk])
         logits = at_each_rows_last(inputs, model.config.image_token_id, outputs.emotion_logits)
         ranked += logits.topk(top_k, dim=-1).indices.tolist()
     return ranked
@@ -601,7 +613,7 @@ def split_views(configs: dict[str, datasets.DatasetDict], split: str, limit: int
 def load_model(model_name: str, config, memes: datasets.Dataset, trust_remote_code: bool = False):
     """The model and processor, with the dataset's memes added to the bank (unseen ones become candidates too)."""
     model, processor = load_mod_gpt(model_name, trust_remote_code, config=config)
-    model.add_memes_from_table(memes, processor.image_processor)
+    add_memes_from_table(model, memes, processor.image_processor)
     return model, processor
 
 

@@ -13,7 +13,6 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
-    BatchFeature,
     GenerationConfig,
     GenerationMixin,
     OpenAIGPTConfig,
@@ -961,87 +960,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             features = self.model.normalize_meme_features(meme_features.to(self.meme_bank.features))
         (self.meme_bank if meme_bank is None else meme_bank).add(list(meme_ids), features)
 
-    def add_memes_from_table(self, memes: Any, image_processor: Any, meme_bank: MemeBank | None = None) -> list[str]:
-        """
-        Add the memes of a `memes` table (the built dataset's `memes` config) that the bank (`meme_bank`, default the
-        model's) lacks, such as the hard test's unseen memes: from their images through the meme encoder, or, for a
-        model without one (trained on the release's features), from the table's `feature` column. Returns the ids
-        added.
-        """
-        known = set((self.meme_bank if meme_bank is None else meme_bank).ids)
-        new = [index for index, meme_id in enumerate(memes["meme_id"]) if meme_id not in known]
-        if not new:
-            return []
-        rows = memes.select(new)
-        if self.model.meme_encoder is not None:
-            pixel_values = image_processor(rows["image"])["pixel_values"]
-            self.add_memes(rows["meme_id"], pixel_values=pixel_values, meme_bank=meme_bank)
-        elif "feature" not in rows.column_names or any(feature is None for feature in rows["feature"]):
-            raise ValueError(
-                f"Memes {rows['meme_id'][:10]} are not in the meme bank, and this model (no meme encoder: it was "
-                "trained on the release's features) needs their `feature` vectors, which the memes table lacks (the "
-                "release had no id2feature.json, or no vector for them)."
-            )
-        else:
-            self.add_memes(rows["meme_id"], meme_features=torch.tensor(rows["feature"]), meme_bank=meme_bank)
-        return rows["meme_id"]
-
-    # Dialogues ---------------------------------------------------------------------------------------------------
-
-    @property
-    def max_positions(self) -> int:
-        """Positions the decoder embeds: `n_positions` (GPT-2, OpenAI-GPT) or else `max_position_embeddings`."""
-        text_config = self.config.text_config
-        return getattr(text_config, "n_positions", None) or text_config.max_position_embeddings
-
-    def max_prompt_length(self, processor: Any, max_new_tokens: int = 0, max_length: int | None = None) -> int:
-        """
-        Longest encoding the model takes with room for `max_new_tokens` generated tokens after it: the decoder's
-        positions less that room, and never more than `max_length` (default: the processor's).
-        """
-        limit = self.max_positions - max_new_tokens
-        if limit < 1:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the decoder's {self.max_positions} "
-                "positions."
-            )
-        return min(max_length or processor.max_length, limit)
-
-    def dialogue_inputs(
-        self,
-        processor: Any,
-        dialogues: list[list[dict]],
-        max_new_tokens: int | None = None,
-        meme_bank: MemeBank | None = None,
-        **processor_kwargs: Any,
-    ) -> BatchFeature:
-        """
-        The processor's left-padded encoding of `dialogues` on the model's device, with `meme_features` (the features
-        of their memes in `meme_bank`, default the model's, in reading order) in place of `meme_ids`. Each dialogue
-        keeps its latest turns that fit `max_prompt_length`: with `add_generation_prompt=True`, room is left for
-        `max_new_tokens` generated tokens (default: the generation config's).
-        """
-        if max_new_tokens is None:
-            max_new_tokens = (
-                self.generation_config.max_new_tokens if processor_kwargs.get("add_generation_prompt") else 0
-            )
-        max_length = self.max_prompt_length(processor, max_new_tokens or 0, processor_kwargs.pop("max_length", None))
-        inputs = processor(
-            dialogues, padding_side="left", return_tensors="pt", max_length=max_length, **processor_kwargs
-        )
-        meme_ids = inputs.pop("meme_ids")
-        inputs = inputs.to(self.device)
-        bank = self.meme_bank if meme_bank is None else meme_bank
-        inputs["meme_features"] = bank.lookup(meme_ids) if meme_ids else None
-        return inputs
-
-    def run_dialogues(
-        self, processor: Any, dialogues: list[list[dict]], **processor_kwargs: Any
-    ) -> tuple[BatchFeature, MODGPTOutput]:
-        """Encode `dialogues` with `dialogue_inputs` and run the model on them (no labels: logits come back)."""
-        inputs = self.dialogue_inputs(processor, dialogues, **processor_kwargs)
-        return inputs, self(**{key: inputs[key] for key in DIALOGUE_INPUTS})
-
     def respond(
         self,
         dialogues: list[dict] | list[list[dict]],
@@ -1053,9 +971,14 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         **generate_kwargs: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """
-        Answer one dialogue (a list of turns) or a batch of them (see `reply_to_dialogues`, which the meme-dialogue
-        pipeline runs too). `candidates` is a list of meme ids for one dialogue, one list per dialogue for a batch.
+        Answer one dialogue (a list of turns) or a batch of them: `pipeline_mod.reply_to_dialogues`, which every
+        front end runs. `candidates` is a list of meme ids for one dialogue, one list per dialogue for a batch.
         """
+        try:
+            from .pipeline_mod import reply_to_dialogues
+        except ImportError:
+            from pipeline_mod import reply_to_dialogues
+
         batch, single = processor.dialogue_batch(dialogues)
         if single and candidates is not None:
             candidates = [candidates]
@@ -1063,112 +986,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             self, processor, batch, candidates, num_memes, use_meme, meme_bank=meme_bank, **generate_kwargs
         )
         return replies[0] if single else replies
-
-
-# Replies -------------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def reply_to_dialogues(
-    model: MODGPTForMemeDialogue,
-    processor: Any,
-    dialogues: list[list[dict]],
-    candidates: list[list[str]] | None = None,
-    num_memes: int | None = DEFAULT_NUM_MEMES,
-    use_meme: bool | None = None,
-    meme_bank: MemeBank | None = None,
-    **generate_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """
-    Reply to each dialogue: generate the text with `model.generate` (every `generate_kwargs` entry, such as `top_k`,
-    `top_p` or `max_new_tokens`, goes there untouched), close it with `[EOS] [TAG]` and read the heads there: the usage
-    head decides whether to attach a meme (`use_meme=None`; `True` always attaches the best one, `False` never),
-    retrieval ranks `meme_bank` (default the model's) or each dialogue's `candidates`, and the emotion head reads the
-    chosen meme's `[IMG]`. The prompt keeps the latest turns that fit the decoder with room for `max_new_tokens` (see
-    `max_prompt_length`); a latest turn that cannot fit is a `ValueError`, as is any bad input, before generating.
-
-    Returns, per dialogue, `{"speaker", "text", "meme", "emotion", "top_memes"}`: `meme` is an id or `None`, `emotion`
-    a name (an id where the config has no names) or `None`, and `top_memes` lists the `num_memes` best-ranked memes
-    (all for `None`) as `{"meme": id, "score": float}`, best first. The score is the negative retrieval distance to
-    the predicted meme feature (L2: minus the Euclidean distance; cosine: cosine similarity minus 1), so higher is
-    better.
-    """
-    bank = model.meme_bank if meme_bank is None else meme_bank
-    check_reply_request(processor, dialogues, candidates, num_memes, use_meme, bank)
-    dialogues = [list(dialogue) for dialogue in dialogues]
-    generation_config = generate_kwargs.get("generation_config") or model.generation_config
-    max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
-    prompt = model.dialogue_inputs(
-        processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=bank
-    )
-    generated = model.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
-    texts = processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
-    replies = [{"speaker": processor.next_speaker(dialogue), "text": text} for dialogue, text in zip(dialogues, texts)]
-
-    closed, outputs = model.run_dialogues(
-        processor, [dialogue + [reply] for dialogue, reply in zip(dialogues, replies)], meme_bank=bank
-    )
-    last_tag = last_per_row(closed["input_ids"] == model.config.tag_token_id)
-    rankings = bank.rank(outputs.meme_predictions[last_tag], candidates)
-    if use_meme is None:
-        attach = outputs.usage_logits[last_tag].argmax(-1).bool().tolist()
-    else:
-        attach = [use_meme] * len(dialogues)
-    chosen = [ranking.meme_ids[0] if uses and ranking.meme_ids else None for ranking, uses in zip(rankings, attach)]
-    emotions = predict_emotions(model, processor, dialogues, replies, chosen, bank)
-    return [
-        {
-            **reply,
-            "meme": meme,
-            "emotion": emotion,
-            "top_memes": [
-                {"meme": meme_id, "score": -distance}
-                for meme_id, distance in zip(ranking.meme_ids[:num_memes], ranking.distances[:num_memes])
-            ],
-        }
-        for reply, meme, emotion, ranking in zip(replies, chosen, emotions, rankings)
-    ]
-
-
-def check_reply_request(
-    processor: Any,
-    dialogues: list[list[dict]],
-    candidates: list[list[str]] | None,
-    num_memes: int | None,
-    use_meme: bool | None,
-    bank: MemeBank,
-) -> None:
-    """Raise a `ValueError` naming the first bad argument of `reply_to_dialogues`."""
-    for index, dialogue in enumerate(dialogues):
-        processor.check_dialogue(dialogue, index, known_memes=bank.ids)
-    if candidates is not None:
-        bank.check_candidates(candidates, len(dialogues))
-    if num_memes is not None and (isinstance(num_memes, bool) or not isinstance(num_memes, int) or num_memes < 1):
-        raise ValueError(f"num_memes must be a positive integer or None, got {num_memes!r}.")
-    if use_meme not in (None, True, False):
-        raise ValueError(f"use_meme must be True, False or None (the usage head decides), got {use_meme!r}.")
-
-
-def predict_emotions(
-    model: MODGPTForMemeDialogue,
-    processor: Any,
-    dialogues: list[list[dict]],
-    replies: list[dict],
-    chosen: list[str | None],
-    bank: MemeBank,
-) -> list[int | str | None]:
-    """Emotion of each chosen meme, read at its `[IMG]` after the reply; `None` where no meme was chosen."""
-    with_meme = [index for index, meme in enumerate(chosen) if meme is not None]
-    emotions: list[int | str | None] = [None] * len(dialogues)
-    if not with_meme:
-        return emotions
-    answered = [dialogues[i] + [dict(replies[i], meme=chosen[i])] for i in with_meme]
-    inputs, outputs = model.run_dialogues(processor, answered, meme_bank=bank)
-    last_image = last_per_row(inputs["input_ids"] == model.config.image_token_id)
-    names = model.config.emotion_names
-    for index, emotion_id in zip(with_meme, outputs.emotion_logits[last_image].argmax(-1).tolist()):
-        emotions[index] = names[emotion_id] if names else emotion_id
-    return emotions
 
 
 MODGPTForMemeDialogue.register_for_auto_class("AutoModel")
@@ -1181,5 +998,4 @@ __all__ = [
     "MODGPTOutput",
     "MemeBank",
     "MemeRetrieval",
-    "reply_to_dialogues",
 ]

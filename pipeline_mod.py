@@ -1,4 +1,5 @@
-"""The `meme-dialogue` pipeline: a dialogue in, a reply out (text, meme id and image, emotion, top memes); and
+"""MOD-GPT inference, which every front end runs: `reply_to_dialogues` (a dialogue in, a reply out: text, meme,
+emotion, top memes) and its parts; the `meme-dialogue` pipeline around it (with each meme's image); and
 `load_mod_gpt`, which loads a saved MOD-GPT with its processor without running code from the folder."""
 
 import argparse
@@ -11,16 +12,16 @@ import datasets
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
-from transformers import AutoConfig, AutoModel, AutoProcessor, Pipeline, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoProcessor, BatchFeature, Pipeline, PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
     from .configuration_mod_gpt import MODGPTConfig
-    from .modeling_mod_gpt import MemeBank, MODGPTForMemeDialogue
+    from .modeling_mod_gpt import DEFAULT_NUM_MEMES, DIALOGUE_INPUTS, MemeBank, MODGPTForMemeDialogue, last_per_row
     from .processing_mod import MODProcessor
 except ImportError:
     from configuration_mod_gpt import MODGPTConfig
-    from modeling_mod_gpt import MemeBank, MODGPTForMemeDialogue
+    from modeling_mod_gpt import DEFAULT_NUM_MEMES, DIALOGUE_INPUTS, MemeBank, MODGPTForMemeDialogue, last_per_row
     from processing_mod import MODProcessor
 
 HUB_PREFIX = "hf://"
@@ -72,7 +73,7 @@ class MemeDialoguePipeline(Pipeline):
     #  "top_memes": [{"meme": "042", "score": -0.31}, ...], "meme_image": <PIL.Image or None>}
     ```
 
-    Replies are `MODGPTForMemeDialogue.respond`'s (see `reply_to_dialogues` for the fields; a `score` is higher for a
+    Replies are `reply_to_dialogues`'s (see it for the fields; a `score` is higher for a
     better meme) with `meme_image`, the chosen meme's image where `memes` has it.
 
     Args:
@@ -121,7 +122,7 @@ class MemeDialoguePipeline(Pipeline):
                     list(features), meme_features=torch.stack(list(features.values())), meme_bank=bank
                 )
         elif isinstance(memes, datasets.Dataset):  # its images, or its features for a model without a meme encoder
-            self.model.add_memes_from_table(memes, self.processor.image_processor, meme_bank=bank)
+            add_memes_from_table(self.model, memes, self.processor.image_processor, meme_bank=bank)
         else:
             raise ValueError(
                 f"memes must map meme ids to images (or features) or be a `memes` dataset split, got a "
@@ -184,7 +185,7 @@ class MemeDialoguePipeline(Pipeline):
         """Replies to a list of checked dialogues, each choosing among the same `candidates` if given."""
         dialogues = model_inputs["dialogue"]
         per_dialogue = None if candidates is None else [candidates] * len(dialogues)
-        return self.model.respond(dialogues, self.processor, candidates=per_dialogue, **forward_params)
+        return reply_to_dialogues(self.model, self.processor, dialogues, per_dialogue, **forward_params)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Save the model and the whole processor (the base class saves only its tokenizer and image processor)."""
@@ -194,6 +195,210 @@ class MemeDialoguePipeline(Pipeline):
     def postprocess(self, reply: dict[str, Any], meme_images: dict | None = None) -> dict[str, Any]:
         images = self.meme_images if meme_images is None else meme_images
         return {**reply, "meme_image": images.get(reply["meme"])}
+
+
+# Replying: the inference every front end runs (this pipeline, `model.respond`, chat.py, app.py, evaluate_mod.py) --
+
+
+def max_positions(model: MODGPTForMemeDialogue) -> int:
+    """Positions the decoder embeds: `n_positions` (GPT-2, OpenAI-GPT) or else `max_position_embeddings`."""
+    text_config = model.config.text_config
+    return getattr(text_config, "n_positions", None) or text_config.max_position_embeddings
+
+
+def max_prompt_length(
+    model: MODGPTForMemeDialogue, processor: MODProcessor, max_new_tokens: int = 0, max_length: int | None = None
+) -> int:
+    """
+    Longest encoding the model takes with room for `max_new_tokens` generated tokens after it: the decoder's positions
+    less that room, and never more than `max_length` (default: the processor's).
+    """
+    limit = max_positions(model) - max_new_tokens
+    if limit < 1:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the decoder's {max_positions(model)} "
+            "positions."
+        )
+    return min(max_length or processor.max_length, limit)
+
+
+def encode_dialogues(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    max_new_tokens: int | None = None,
+    meme_bank: MemeBank | None = None,
+    **processor_kwargs: Any,
+) -> BatchFeature:
+    """
+    The processor's left-padded encoding of `dialogues` on the model's device, with `meme_features` (the features of
+    their memes in `meme_bank`, default the model's, in reading order) in place of `meme_ids`. Each dialogue keeps
+    its latest turns that fit `max_prompt_length`: with `add_generation_prompt=True`, room is left for
+    `max_new_tokens` generated tokens (default: the generation config's).
+    """
+    if max_new_tokens is None:
+        prompting = processor_kwargs.get("add_generation_prompt")
+        max_new_tokens = model.generation_config.max_new_tokens if prompting else 0
+    max_length = max_prompt_length(model, processor, max_new_tokens or 0, processor_kwargs.pop("max_length", None))
+    inputs = processor(dialogues, padding_side="left", return_tensors="pt", max_length=max_length, **processor_kwargs)
+    meme_ids = inputs.pop("meme_ids")
+    inputs = inputs.to(model.device)
+    bank = model.meme_bank if meme_bank is None else meme_bank
+    inputs["meme_features"] = bank.lookup(meme_ids) if meme_ids else None
+    return inputs
+
+
+def forward_dialogues(
+    model: MODGPTForMemeDialogue, processor: MODProcessor, dialogues: list[list[dict]], **processor_kwargs: Any
+) -> tuple[BatchFeature, Any]:
+    """Encode `dialogues` with `encode_dialogues` and run the model on them (no labels: logits come back)."""
+    inputs = encode_dialogues(model, processor, dialogues, **processor_kwargs)
+    return inputs, model(**{key: inputs[key] for key in DIALOGUE_INPUTS})
+
+
+@torch.no_grad()
+def generate_texts(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    meme_bank: MemeBank | None = None,
+    **generate_kwargs: Any,
+) -> list[str]:
+    """
+    The text of the next turn of each dialogue, from `model.generate` on their prompts (every `generate_kwargs` entry,
+    such as `top_p`, `max_new_tokens` or `logits_processor`, goes there untouched). The prompt keeps the latest turns
+    that fit the decoder with room for `max_new_tokens` (see `max_prompt_length`).
+    """
+    generation_config = generate_kwargs.get("generation_config") or model.generation_config
+    max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
+    prompt = encode_dialogues(
+        model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
+    )
+    generated = model.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
+    return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
+
+
+@torch.no_grad()
+def reply_to_dialogues(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    candidates: list[list[str]] | None = None,
+    num_memes: int | None = DEFAULT_NUM_MEMES,
+    use_meme: bool | None = None,
+    meme_bank: MemeBank | None = None,
+    **generate_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """
+    Reply to each dialogue: generate the text (`generate_texts`), close it with `[EOS] [TAG]` and read the heads
+    there: the usage head decides whether to attach a meme (`use_meme=None`; `True` always attaches the best one,
+    `False` never), retrieval ranks `meme_bank` (default the model's) or each dialogue's `candidates`, and the emotion
+    head reads the chosen meme's `[IMG]`. A latest turn that cannot fit the decoder is a `ValueError`, as is any bad
+    input, before generating.
+
+    Returns, per dialogue, `{"speaker", "text", "meme", "emotion", "top_memes"}`: `meme` is an id or `None`, `emotion`
+    a name (an id where the config has no names) or `None`, and `top_memes` lists the `num_memes` best-ranked memes
+    (all for `None`) as `{"meme": id, "score": float}`, best first. The score is the negative retrieval distance to
+    the predicted meme feature (L2: minus the Euclidean distance; cosine: cosine similarity minus 1), so higher is
+    better.
+    """
+    bank = model.meme_bank if meme_bank is None else meme_bank
+    check_reply_request(processor, dialogues, candidates, num_memes, use_meme, bank)
+    dialogues = [list(dialogue) for dialogue in dialogues]
+    texts = generate_texts(model, processor, dialogues, meme_bank=bank, **generate_kwargs)
+    replies = [{"speaker": processor.next_speaker(dialogue), "text": text} for dialogue, text in zip(dialogues, texts)]
+
+    closed, outputs = forward_dialogues(
+        model, processor, [dialogue + [reply] for dialogue, reply in zip(dialogues, replies)], meme_bank=bank
+    )
+    last_tag = last_per_row(closed["input_ids"] == model.config.tag_token_id)
+    rankings = bank.rank(outputs.meme_predictions[last_tag], candidates)
+    if use_meme is None:
+        attach = outputs.usage_logits[last_tag].argmax(-1).bool().tolist()
+    else:
+        attach = [use_meme] * len(dialogues)
+    chosen = [ranking.meme_ids[0] if uses and ranking.meme_ids else None for ranking, uses in zip(rankings, attach)]
+    emotions = predict_emotions(model, processor, dialogues, replies, chosen, bank)
+    return [
+        {
+            **reply,
+            "meme": meme,
+            "emotion": emotion,
+            "top_memes": [
+                {"meme": meme_id, "score": -distance}
+                for meme_id, distance in zip(ranking.meme_ids[:num_memes], ranking.distances[:num_memes])
+            ],
+        }
+        for reply, meme, emotion, ranking in zip(replies, chosen, emotions, rankings)
+    ]
+
+
+def check_reply_request(
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    candidates: list[list[str]] | None,
+    num_memes: int | None,
+    use_meme: bool | None,
+    bank: MemeBank,
+) -> None:
+    """Raise a `ValueError` naming the first bad argument of `reply_to_dialogues`."""
+    for index, dialogue in enumerate(dialogues):
+        processor.check_dialogue(dialogue, index, known_memes=bank.ids)
+    if candidates is not None:
+        bank.check_candidates(candidates, len(dialogues))
+    if num_memes is not None and (isinstance(num_memes, bool) or not isinstance(num_memes, int) or num_memes < 1):
+        raise ValueError(f"num_memes must be a positive integer or None, got {num_memes!r}.")
+    if use_meme not in (None, True, False):
+        raise ValueError(f"use_meme must be True, False or None (the usage head decides), got {use_meme!r}.")
+
+
+def predict_emotions(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    replies: list[dict],
+    chosen: list[str | None],
+    bank: MemeBank,
+) -> list[int | str | None]:
+    """Emotion of each chosen meme, read at its `[IMG]` after the reply; `None` where no meme was chosen."""
+    with_meme = [index for index, meme in enumerate(chosen) if meme is not None]
+    emotions: list[int | str | None] = [None] * len(dialogues)
+    if not with_meme:
+        return emotions
+    answered = [dialogues[i] + [dict(replies[i], meme=chosen[i])] for i in with_meme]
+    inputs, outputs = forward_dialogues(model, processor, answered, meme_bank=bank)
+    last_image = last_per_row(inputs["input_ids"] == model.config.image_token_id)
+    names = model.config.emotion_names
+    for index, emotion_id in zip(with_meme, outputs.emotion_logits[last_image].argmax(-1).tolist()):
+        emotions[index] = names[emotion_id] if names else emotion_id
+    return emotions
+
+
+def add_memes_from_table(
+    model: MODGPTForMemeDialogue, memes: datasets.Dataset, image_processor: Any, meme_bank: MemeBank | None = None
+) -> list[str]:
+    """
+    Add the memes of a `memes` table (the built dataset's `memes` config) that the bank (`meme_bank`, default the
+    model's) lacks, such as the hard test's unseen memes: from their images through the meme encoder, or, for a model
+    without one (trained on the release's features), from the table's `feature` column. Returns the ids added.
+    """
+    known = set((model.meme_bank if meme_bank is None else meme_bank).ids)
+    new = [index for index, meme_id in enumerate(memes["meme_id"]) if meme_id not in known]
+    if not new:
+        return []
+    rows = memes.select(new)
+    if model.model.meme_encoder is not None:
+        pixel_values = image_processor(rows["image"])["pixel_values"]
+        model.add_memes(rows["meme_id"], pixel_values=pixel_values, meme_bank=meme_bank)
+    elif "feature" not in rows.column_names or any(feature is None for feature in rows["feature"]):
+        raise ValueError(
+            f"Memes {rows['meme_id'][:10]} are not in the meme bank, and this model (no meme encoder: it was trained "
+            "on the release's features) needs their `feature` vectors, which the memes table lacks (the release had "
+            "no id2feature.json, or no vector for them)."
+        )
+    else:
+        model.add_memes(rows["meme_id"], meme_features=torch.tensor(rows["feature"]), meme_bank=meme_bank)
+    return rows["meme_id"]
 
 
 # Loading a saved MOD-GPT -------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ from mod_training.hub import start_hub_repo, upload, wait_for_uploads
 from mod_training.model_setup import build_model, build_processor, fill_meme_bank, imfe_encoder
 from mod_training.run_folder import MODEL_LINK, append_metrics, start_run_folder
 from modeling_mod_gpt import loss_item_counts
+from pipeline_mod import max_positions
 
 logger = get_logger("train")
 
@@ -111,9 +112,9 @@ def train(args: TrainArguments) -> dict[str, float]:
     eval_encodings = encode_split(dialogues["validation"], processor, args.max_length)
     check_training_batches(len(train_encodings), len(dialogues["train"]), args, accelerator.num_processes)
     model = build_model(args, processor, emotion_names(dialogues), memes)
-    if args.max_length > model.max_positions:
+    if args.max_length > max_positions(model):
         raise ArgumentError(
-            f"--max_length {args.max_length} is more than the {model.max_positions} positions of the decoder."
+            f"--max_length {args.max_length} is more than the {max_positions(model)} positions of the decoder."
         )
     fill_meme_bank(args, model, processor, memes)
     if args.gradient_checkpointing:

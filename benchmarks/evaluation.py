@@ -10,6 +10,7 @@ import torch
 import evaluate_mod
 from mod_dataset.sample import PAPER_PROFILE
 from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
+from pipeline_mod import encode_dialogues
 from processing_mod import MODProcessor
 
 from .report import Row
@@ -75,8 +76,8 @@ def validation_instances(count: int, seed: int = 0) -> list[dict]:
 
 
 def prompt_inputs(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> dict:
-    prompt = model.dialogue_inputs(
-        processor, [row["history"] for row in rows], add_generation_prompt=True, max_new_tokens=NEW_TOKENS
+    prompt = encode_dialogues(
+        model, processor, [row["history"] for row in rows], add_generation_prompt=True, max_new_tokens=NEW_TOKENS
     )
     return {key: prompt[key] for key in DIALOGUE_INPUTS}
 

@@ -5,6 +5,7 @@ import random
 import torch
 
 from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
+from pipeline_mod import encode_dialogues
 from processing_mod import MODProcessor
 
 from .report import Row
@@ -20,7 +21,7 @@ RETRIEVAL_BATCH = 64
 def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: int, seed: int = 0) -> Row:
     """Row 3: greedy `generate` of 32 tokens after a 200-token history, with the KV cache vs without it."""
     dialogue = dialogue_of_length(random.Random(seed), HISTORY_LENGTH, generation_prompt=True)
-    prompt = model.dialogue_inputs(processor, [dialogue], add_generation_prompt=True)
+    prompt = encode_dialogues(model, processor, [dialogue], add_generation_prompt=True)
     prompt = {key: prompt[key] for key in DIALOGUE_INPUTS}
     model.eval()
     outputs: dict[bool, torch.Tensor] = {}

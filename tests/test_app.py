@@ -28,7 +28,7 @@ from playwright.sync_api import expect, sync_playwright
 
 import app
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from pipeline_mod import MemeDialoguePipeline
+from pipeline_mod import MemeDialoguePipeline, add_memes_from_table
 
 SCREENSHOT = os.environ.get("MOD_APP_SCREENSHOT")  # e.g. docs/app.png: where to save a screenshot of the chat
 MEMES_LISTED = 4
@@ -299,7 +299,7 @@ def always_meme_model(processor, sample_dataset: Path, folder: Path) -> Path:
     """
     model = always_meme_model_in_memory(processor)
     memes = next(iter(datasets.load_dataset(str(sample_dataset), "memes").values()))
-    model.add_memes_from_table(memes.filter(lambda row: row["seen"]), processor.image_processor)
+    add_memes_from_table(model, memes.filter(lambda row: row["seen"]), processor.image_processor)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

@@ -22,6 +22,7 @@ import evaluate_mod
 from mod_dataset import SAMPLE_DIR
 from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
+from pipeline_mod import forward_dialogues
 
 TABLE_TITLES = ("Table 4: text response", "Table 5: meme retrieval", "Meme usage", "Table 7: emotion")
 TEXT_SCORES = [
@@ -366,7 +367,7 @@ def test_usage_is_scored_at_every_stated_turn_and_counted(model, processor):
     predictions, references = [], []
     for dialogue in DIALOGUES:  # each response alone: the dialogue cut after it, its [TAG] last
         for index in range(1, len(dialogue)):
-            _, outputs = model.run_dialogues(processor, [dialogue[: index + 1]])
+            _, outputs = forward_dialogues(model, processor, [dialogue[: index + 1]])
             predictions.append(outputs.usage_logits[-1].argmax().item())
             references.append(int(dialogue[index]["meme"] is not None))
     assert scores == load_metric("mod_usage").compute(predictions=predictions, references=references)
@@ -382,7 +383,7 @@ def test_emotions_are_ranked_over_fewer_than_five_emotions(model, processor):
     ]
     ranked = evaluate_mod.rank_emotions(model, processor, rows, batch_size=2)
     for row, ranking in zip(rows, ranked):
-        _, outputs = model.run_dialogues(processor, [row["history"]])
+        _, outputs = forward_dialogues(model, processor, [row["history"]])
         assert ranking == outputs.emotion_logits[-1].argsort(descending=True).tolist()
     ks = evaluate_mod.emotion_ks(model.config.num_emotions)
     assert ks == [1, 4]
@@ -571,7 +572,8 @@ def test_instance_noise_samples_the_warped_distribution_whatever_the_batch():
     assert expected[-1] == 0  # cut by top-p
 
     def pick(instances: list[str], step: int = 0) -> list[int]:
-        sampler = evaluate_mod.InstanceSampler(warpers, 0, instances, prompt_width=3)
+        sampler = evaluate_mod.InstanceSampler(warpers, 0, instances)
+        sampler(torch.zeros(len(instances), 3, dtype=torch.long), scores.expand(len(instances), -1).clone())  # step 0
         input_ids = torch.zeros(len(instances), 3 + step, dtype=torch.long)
         return sampler(input_ids, scores.expand(len(instances), -1).clone()).argmax(-1).tolist()
 

@@ -17,7 +17,7 @@ from test_processor import long_dialogue
 from transformers import GPT2Config
 
 import chat
-from pipeline_mod import MemeDialoguePipeline, load_mod_gpt, model_source
+from pipeline_mod import MemeDialoguePipeline, forward_dialogues, load_mod_gpt, model_source
 
 
 @pytest.fixture
@@ -300,7 +300,7 @@ def test_num_memes_lists_the_best_ranked_memes_with_higher_scores_first(model, p
 def test_a_score_is_minus_the_retrieval_distance_of_the_reply(model, processor):
     reply = model.respond(DIALOGUES[1], processor, num_memes=None, max_new_tokens=3)
     closing = {"speaker": reply["speaker"], "text": reply["text"]}
-    inputs, outputs = model.run_dialogues(processor, [[*DIALOGUES[1], closing]])
+    inputs, outputs = forward_dialogues(model, processor, [[*DIALOGUES[1], closing]])
     prediction = outputs.meme_predictions[-1:]
     (ranking,) = model.meme_bank.rank(prediction)
     assert [meme["meme"] for meme in reply["top_memes"]] == ranking.meme_ids

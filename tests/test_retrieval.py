@@ -17,6 +17,7 @@ import train
 from configuration_mod_gpt import MODGPTConfig
 from mod_dataset import SAMPLE_DIR, build_dataset
 from modeling_mod_gpt import MODGPTForMemeDialogue
+from pipeline_mod import add_memes_from_table
 from processing_mod import MemeImageProcessor
 
 RELEASE_FEATURE_SIZE = 512
@@ -296,7 +297,7 @@ def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_feature
     assert pipe.model.meme_bank_ids == model.meme_bank.ids  # nothing new: no feature needed, no image either
     memes_without_features = memes.remove_columns("feature").add_item({"meme_id": "106"})
     with pytest.raises(ValueError, match=r"\['106'\].*no meme encoder.*`feature`"):
-        model.add_memes_from_table(memes_without_features, processor.image_processor)
+        add_memes_from_table(model, memes_without_features, processor.image_processor)
 
 
 def test_release_features_on_a_dataset_without_them_is_a_clear_error(tmp_path, capsys):
