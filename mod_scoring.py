@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from configuration_mod_gpt import IGNORE_INDEX
+from modeling_mod_gpt import attached_meme_features
 
 # What `validation_sums` adds up per example, in its column order.
 VALIDATION_SUMS = ("nll", "tokens", "usage_correct", "usage_labelled", "retrieval_hits", "memes")
@@ -75,7 +76,7 @@ def retrieval_hits(model, outputs, batch, uses_meme: torch.Tensor, negative_rows
     features = (
         batch["meme_features"] if "meme_features" in batch else model.model.get_meme_features(batch["pixel_values"])
     )
-    gold = model.attached_meme_features(batch["input_ids"], features, uses_meme)
+    gold = attached_meme_features(model.config, batch["input_ids"], features, uses_meme)
     predictions = outputs.meme_predictions[uses_meme]
     negatives = model.meme_bank.features[negative_rows]
     is_gold = (negatives == gold.unsqueeze(1)).all(-1)

@@ -182,6 +182,94 @@ def mean_over(summed: torch.Tensor, num_items: torch.Tensor) -> torch.Tensor:
     return summed / num_items.to(summed.device).clamp(min=1)
 
 
+# Losses --------------------------------------------------------------------------------------------------------------
+
+
+def weighted_loss(config: MODGPTConfig, *parts: torch.Tensor | None) -> torch.Tensor | None:
+    """The config's weighted sum of the text, usage, meme and emotion losses that were computed."""
+    weights = [getattr(config, name) for name in LOSS_WEIGHTS]
+    present = [weight * part for weight, part in zip(weights, parts) if part is not None]
+    return torch.stack(present).sum() if present else None
+
+
+def text_loss(
+    lm_head: nn.Module, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy over `num_items` labels, running the LM head only on the positions that have one."""
+    shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    predicting = shifted_labels != IGNORE_INDEX
+    logits = lm_head(hidden_states[predicting])
+    return mean_over(F.cross_entropy(logits.float(), shifted_labels[predicting], reduction="sum"), num_items)
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.LongTensor, num_items: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the targets that are not ignored, averaged over `num_items`."""
+    return mean_over(F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"), num_items)
+
+
+def meme_retrieval_loss(
+    config: MODGPTConfig,
+    bank: "MemeBank",
+    meme_predictions: torch.Tensor,
+    tag_usage: torch.LongTensor,
+    input_ids: torch.LongTensor,
+    meme_features: torch.Tensor,
+    num_items: torch.Tensor,
+) -> torch.Tensor:
+    """
+    `config.meme_loss` over the `[TAG]`s that attach a meme, averaged over `num_items` memes: the squared error between
+    the predicted and the attached meme's features per dimension ("l2"), or the contrastive loss of ranking the
+    attached meme first among the bank's ("contrastive").
+    """
+    uses_meme = tag_usage == 1
+    if not uses_meme.any():
+        return meme_predictions.sum() * 0.0
+    targets = attached_meme_features(config, input_ids, meme_features, uses_meme).detach().float()
+    predictions = meme_predictions[uses_meme].float()
+    if config.meme_loss == "contrastive":
+        return mean_over(contrastive_meme_loss(config, bank, predictions, targets, reduction="sum"), num_items)
+    return mean_over(F.mse_loss(predictions, targets, reduction="sum") / targets.shape[-1], num_items)
+
+
+def contrastive_meme_loss(
+    config: MODGPTConfig, bank: "MemeBank", predictions: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """
+    Cross-entropy of picking each target meme among the distinct memes of the bank and of `targets`, with logits
+    `-distance / temperature`: the retrieval distance, per dimension for L2 (see `meme_loss_temperature`).
+    """
+    known = bank.features.to(targets)
+    candidates, inverse = torch.unique(torch.cat([known, targets]), dim=0, return_inverse=True)
+    distances = bank.distances(predictions, candidates)
+    if config.retrieval_distance == "l2":
+        distances = distances / config.meme_feature_size**0.5
+    return F.cross_entropy(-distances / config.meme_loss_temperature, inverse[len(known) :], reduction=reduction)
+
+
+def attached_meme_features(
+    config: MODGPTConfig, input_ids: torch.LongTensor, meme_features: torch.Tensor, uses_meme: torch.BoolTensor
+) -> torch.Tensor:
+    """Features of the meme that each `[TAG]` flagged in `uses_meme` attaches: the one at the `[IMG]` after it."""
+    tag_mask = input_ids == config.tag_token_id
+    image_mask = input_ids == config.image_token_id
+    image_order = image_mask.flatten().cumsum(0).view_as(input_ids) - 1  # row of meme_features at each [IMG]
+    next_is_image = F.pad(image_mask[:, 1:], (0, 1), value=False)[tag_mask][uses_meme]
+    if not bool(next_is_image.all()):
+        raise ValueError("usage_labels mark a [TAG] as using a meme, but no [IMG] follows it in input_ids.")
+    next_image_order = F.pad(image_order[:, 1:], (0, 1), value=0)[tag_mask][uses_meme]
+    return meme_features[next_image_order]
+
+
+def encoder_feature_size(meme_encoder: str | dict[str, Any]) -> int:
+    """
+    Size of the pooled features of a timm encoder, the `meme_feature_size` it needs: of an architecture name, or of a
+    `meme_encoder_config` dict (its architecture built with its `model_args`).
+    """
+    config = {"architecture": meme_encoder} if isinstance(meme_encoder, str) else meme_encoder
+    model_args = config.get("model_args") or {}
+    return timm.create_model(config["architecture"], pretrained=False, num_classes=0, **model_args).num_features
+
+
 def check_one_meme_source(**sources: Any) -> None:
     """Memes come one way only: refuse a call that gives them in more than one of `sources`."""
     given = [name for name, value in sources.items() if value is not None]
@@ -810,19 +898,19 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         if num_items_in_batch is None:
             num_items_in_batch = loss_item_counts(labels, usage_labels, emotion_labels)
         text_items, usage_items, meme_items, emotion_items = num_items_in_batch.unbind()
-        lm_loss = None if labels is None else self.text_loss(hidden_states, labels, text_items)
+        lm_loss = None if labels is None else text_loss(self.lm_head, hidden_states, labels, text_items)
         usage_loss = meme_loss = emotion_loss = None
         if usage_labels is not None:
             tag_usage = usage_labels[tag_mask]
-            usage_loss = self.classification_loss(usage_logits, tag_usage, usage_items)
-            meme_loss = self.meme_retrieval_loss(
-                meme_predictions, tag_usage, input_ids, outputs.meme_features, meme_items
+            usage_loss = classification_loss(usage_logits, tag_usage, usage_items)
+            meme_loss = meme_retrieval_loss(
+                self.config, self.meme_bank, meme_predictions, tag_usage, input_ids, outputs.meme_features, meme_items
             )
         if emotion_labels is not None:
-            emotion_loss = self.classification_loss(emotion_logits, emotion_labels[image_mask], emotion_items)
+            emotion_loss = classification_loss(emotion_logits, emotion_labels[image_mask], emotion_items)
 
         return MODGPTOutput(
-            loss=self.weighted_loss(lm_loss, usage_loss, meme_loss, emotion_loss),
+            loss=weighted_loss(self.config, lm_loss, usage_loss, meme_loss, emotion_loss),
             lm_loss=lm_loss,
             usage_loss=usage_loss,
             meme_loss=meme_loss,
@@ -835,88 +923,6 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def weighted_loss(self, *parts: torch.Tensor | None) -> torch.Tensor | None:
-        """The config's weighted sum of the text, usage, meme and emotion losses that were computed."""
-        weights = [getattr(self.config, name) for name in LOSS_WEIGHTS]
-        present = [weight * part for weight, part in zip(weights, parts) if part is not None]
-        return torch.stack(present).sum() if present else None
-
-    def text_loss(
-        self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items: torch.Tensor
-    ) -> torch.Tensor:
-        """Next-token cross-entropy over `num_items` labels, running the LM head only on the positions that have one."""
-        shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        predicting = shifted_labels != IGNORE_INDEX
-        logits = self.lm_head(hidden_states[predicting])
-        return mean_over(F.cross_entropy(logits.float(), shifted_labels[predicting], reduction="sum"), num_items)
-
-    @staticmethod
-    def classification_loss(logits: torch.Tensor, targets: torch.LongTensor, num_items: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the targets that are not ignored, averaged over `num_items`."""
-        summed = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-        return mean_over(summed, num_items)
-
-    def meme_retrieval_loss(
-        self,
-        meme_predictions: torch.Tensor,
-        tag_usage: torch.LongTensor,
-        input_ids: torch.LongTensor,
-        meme_features: torch.Tensor,
-        num_items: torch.Tensor,
-    ) -> torch.Tensor:
-        """
-        `config.meme_loss` over the `[TAG]`s that attach a meme, averaged over `num_items` memes: the squared error
-        between the predicted and the attached meme's features per dimension ("l2"), or the contrastive loss of
-        ranking the attached meme first ("contrastive").
-        """
-        uses_meme = tag_usage == 1
-        if not uses_meme.any():
-            return meme_predictions.sum() * 0.0
-        targets = self.attached_meme_features(input_ids, meme_features, uses_meme).detach().float()
-        predictions = meme_predictions[uses_meme].float()
-        if self.config.meme_loss == "contrastive":
-            return mean_over(self.contrastive_meme_loss(predictions, targets, reduction="sum"), num_items)
-        return mean_over(F.mse_loss(predictions, targets, reduction="sum") / targets.shape[-1], num_items)
-
-    def contrastive_meme_loss(
-        self, predictions: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
-    ) -> torch.Tensor:
-        """
-        Cross-entropy of picking each target meme among the distinct memes of the bank and of `targets`, with logits
-        `-distance / temperature`: the retrieval distance, per dimension for L2 (see `meme_loss_temperature`).
-        """
-        bank = self.meme_bank.features.to(targets)
-        candidates, inverse = torch.unique(torch.cat([bank, targets]), dim=0, return_inverse=True)
-        distances = self.meme_bank.distances(predictions, candidates)
-        if self.config.retrieval_distance == "l2":
-            distances = distances / self.config.meme_feature_size**0.5
-        return F.cross_entropy(
-            -distances / self.config.meme_loss_temperature, inverse[len(bank) :], reduction=reduction
-        )
-
-    def attached_meme_features(
-        self, input_ids: torch.LongTensor, meme_features: torch.Tensor, uses_meme: torch.BoolTensor
-    ) -> torch.Tensor:
-        """Features of the meme that each `[TAG]` flagged in `uses_meme` attaches: the one at the `[IMG]` after it."""
-        tag_mask = input_ids == self.config.tag_token_id
-        image_mask = input_ids == self.config.image_token_id
-        image_order = image_mask.flatten().cumsum(0).view_as(input_ids) - 1  # row of meme_features at each [IMG]
-        next_is_image = F.pad(image_mask[:, 1:], (0, 1), value=False)[tag_mask][uses_meme]
-        if not bool(next_is_image.all()):
-            raise ValueError("usage_labels mark a [TAG] as using a meme, but no [IMG] follows it in input_ids.")
-        next_image_order = F.pad(image_order[:, 1:], (0, 1), value=0)[tag_mask][uses_meme]
-        return meme_features[next_image_order]
-
-    @staticmethod
-    def encoder_feature_size(meme_encoder: str | dict[str, Any]) -> int:
-        """
-        Size of the pooled features of a timm encoder, the `meme_feature_size` it needs: of an architecture name, or
-        of a `meme_encoder_config` dict (its architecture built with its `model_args`).
-        """
-        config = {"architecture": meme_encoder} if isinstance(meme_encoder, str) else meme_encoder
-        model_args = config.get("model_args") or {}
-        return timm.create_model(config["architecture"], pretrained=False, num_classes=0, **model_args).num_features
 
     def prepare_inputs_for_generation(
         self,

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
 
 from configuration_mod_gpt import MODGPTConfig, is_timm_hub_model
-from modeling_mod_gpt import MODGPTForMemeDialogue
+from modeling_mod_gpt import MODGPTForMemeDialogue, encoder_feature_size
 from processing_mod import MODProcessor
 
 from . import ArgumentError
@@ -192,7 +192,7 @@ def meme_encoder_kwargs(args: TrainArguments, memes: datasets.Dataset) -> dict[s
     if args.meme_features == "release":
         return dict(meme_encoder_config=None, meme_feature_size=len(release_meme_features(args.dataset, memes)[0]))
     config = read_meme_encoder_config(args.meme_encoder)
-    return dict(meme_encoder_config=config, meme_feature_size=MODGPTForMemeDialogue.encoder_feature_size(config))
+    return dict(meme_encoder_config=config, meme_feature_size=encoder_feature_size(config))
 
 
 def release_meme_features(dataset: str, memes: datasets.Dataset) -> torch.Tensor:

@@ -48,7 +48,7 @@ def test_pipeline_loads_from_saved_folder_in_fresh_process(saved_model, tmp_path
         dialogues = {DIALOGUES!r}
         one = chat(dialogues[0], max_new_tokens=4, num_memes=3)
         many = chat(dialogues, batch_size=2, max_new_tokens=4)
-        assert len(many) == 3 and "new" in chat.meme_bank.ids and "new" not in chat.model.meme_bank_ids
+        assert len(many) == 3 and "new" in chat.meme_bank.ids and "new" not in chat.model.meme_bank.ids
         for reply in [one, *many]:
             assert set(reply) == {{"speaker", "text", "meme", "meme_image", "emotion", "top_memes"}}, reply
         assert len(one["top_memes"]) == 3

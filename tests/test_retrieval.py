@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import train
 from configuration_mod_gpt import MODGPTConfig
 from mod_dataset import SAMPLE_DIR, build_dataset
-from modeling_mod_gpt import MODGPTForMemeDialogue
+from modeling_mod_gpt import MODGPTForMemeDialogue, contrastive_meme_loss
 from pipeline_mod import add_memes_from_table
 from processing_mod import MemeImageProcessor
 
@@ -175,8 +175,8 @@ def test_contrastive_loss_is_lowest_at_the_gold_meme(processor):
     bank = torch.randn(len(MEME_IDS), 256)
     model.add_memes(MEME_IDS, meme_features=bank)
     targets = model.meme_bank.features[[1, 5]]
-    at_gold = model.contrastive_meme_loss(targets.clone(), targets)
-    elsewhere = model.contrastive_meme_loss(model.meme_bank.features[[2, 6]], targets)
+    at_gold = contrastive_meme_loss(model.config, model.meme_bank, targets.clone(), targets)
+    elsewhere = contrastive_meme_loss(model.config, model.meme_bank, model.meme_bank.features[[2, 6]], targets)
     assert at_gold < 0.1 < elsewhere
 
 
@@ -186,7 +186,7 @@ def test_contrastive_loss_without_a_bank_ranks_among_the_batch_memes(processor):
     predictions = torch.randn(4, 256)
     distances = torch.cdist(predictions, targets[[0, 1, 3]]) / 256**0.5
     expected = F.cross_entropy(-distances / 0.1, torch.tensor([0, 1, 0, 2]))
-    torch.testing.assert_close(model.contrastive_meme_loss(predictions, targets), expected)
+    torch.testing.assert_close(contrastive_meme_loss(model.config, model.meme_bank, predictions, targets), expected)
 
 
 # Learning on the sample ---------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_unseen_memes_enter_evaluation_and_the_pipeline_by_their_release_feature
         model.meme_bank.lookup(["104"]), model.model.normalize_meme_features(unseen["104"][None])
     )
     pipe = MemeDialoguePipeline(model=model, processor=processor, memes=memes.select(range(len(meme_ids) - 5)))
-    assert pipe.model.meme_bank_ids == model.meme_bank.ids  # nothing new: no feature needed, no image either
+    assert pipe.meme_bank.ids == model.meme_bank.ids  # nothing new: no feature needed, no image either
     memes_without_features = memes.remove_columns("feature").add_item({"meme_id": "106"})
     with pytest.raises(ValueError, match=r"\['106'\].*no meme encoder.*`feature`"):
         add_memes_from_table(model, memes_without_features, processor.image_processor)
