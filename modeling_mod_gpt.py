@@ -1,7 +1,6 @@
 """PyTorch MOD-GPT: a GPT-style decoder that chats in text and Internet memes (Fei et al., 2021)."""
 
 import inspect
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,20 +19,22 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.openai.modeling_openai import ACT_FNS, OpenAIGPTPreTrainedModel
 from transformers.models.timm_wrapper import TimmWrapperModel
-from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 try:
     from .configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
+    from .modeling_cached_openai_gpt import CachedOpenAIGPTModel
+    from .retrieval_mod_gpt import MemeBank, MemeRetrieval
 except ImportError:
     from configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
+    from modeling_cached_openai_gpt import CachedOpenAIGPTModel
+    from retrieval_mod_gpt import MemeBank, MemeRetrieval
 
 
 logger = logging.get_logger(__name__)
@@ -109,14 +110,6 @@ class MODGPTOutput(ModelOutput):
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class MemeRetrieval:
-    """Candidate memes ranked for one `[TAG]`, nearest first, with their distances to the predicted feature."""
-
-    meme_ids: list[str]
-    distances: list[float]
 
 
 # The paper's decoding (Fei et al., 2021): nucleus sampling, top-p 0.9, temperature 0.7, no top-k.
@@ -209,7 +202,7 @@ def classification_loss(logits: torch.Tensor, targets: torch.LongTensor, num_ite
 
 def meme_retrieval_loss(
     config: MODGPTConfig,
-    bank: "MemeBank",
+    bank: MemeBank,
     meme_predictions: torch.Tensor,
     tag_usage: torch.LongTensor,
     input_ids: torch.LongTensor,
@@ -280,129 +273,6 @@ def check_one_meme_source(**sources: Any) -> None:
         )
 
 
-class MemeBank(nn.Module):
-    """
-    The memes a model can answer with, and retrieval over them: meme ids, their normalised features (a buffer, saved
-    with the model), and their distances to predicted features. A model's bank keeps its ids in the list
-    `config.meme_bank_ids` itself, so the saved config always lists the bank; `copy()` gives an independent bank.
-
-    Args:
-        ids (`list[str]`): Ids of the memes, used in place.
-        feature_size (`int`): Size of a meme feature vector.
-        distance (`str`, *optional*, defaults to `"l2"`): `"l2"` or `"cosine"`, the distance that ranks memes.
-    """
-
-    def __init__(self, ids: list[str], feature_size: int, distance: str = "l2"):
-        super().__init__()
-        self.ids = ids
-        self.distance = distance
-        self.register_buffer("features", torch.zeros(len(ids), feature_size))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def copy(self) -> "MemeBank":
-        bank = MemeBank(list(self.ids), self.features.shape[-1], self.distance)
-        bank.features = self.features.clone()
-        return bank
-
-    @torch.no_grad()
-    def add(self, meme_ids: list[str], features: torch.Tensor) -> None:
-        """Add memes with their normalised `features`; an id already in the bank gets its features replaced."""
-        if len(meme_ids) != len(features) or len(set(meme_ids)) != len(meme_ids):
-            raise ValueError(f"Got {len(meme_ids)} meme ids (distinct ones required) for {len(features)} memes.")
-        features = features.detach().to(self.features)
-        position = {meme_id: index for index, meme_id in enumerate(self.ids)}
-        known = torch.tensor([meme_id in position for meme_id in meme_ids], dtype=torch.bool)
-        rows = torch.tensor([position[meme_id] for meme_id in meme_ids if meme_id in position], dtype=torch.long)
-        bank = self.features.clone()
-        bank[rows.to(bank.device)] = features[known.to(features.device)]
-        self.features = torch.cat([bank, features[~known.to(features.device)]])
-        self.ids.extend(meme_id for meme_id, is_known in zip(meme_ids, known.tolist()) if not is_known)
-
-    def lookup(self, meme_ids: list[str]) -> torch.Tensor:
-        """Features of the given memes, `(len(meme_ids), feature_size)`."""
-        if isinstance(meme_ids, str) or not isinstance(meme_ids, Sequence):
-            raise ValueError(f"meme_ids must be a list of meme ids, got {type(meme_ids).__name__} {meme_ids!r}.")
-        position = {meme_id: index for index, meme_id in enumerate(self.ids)}
-        unknown = [meme_id for meme_id in meme_ids if not isinstance(meme_id, str) or meme_id not in position]
-        if unknown:
-            raise ValueError(f"Unknown meme id(s) {unknown}: not in the model's meme bank of {len(position)} memes.")
-        rows = torch.tensor([position[meme_id] for meme_id in meme_ids], dtype=torch.long)
-        return self.features[rows.to(self.features.device)]
-
-    def distances(self, predictions: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """
-        Distances `(num_predictions, num_candidates)` from each predicted feature `(num_predictions, features)` to
-        candidate features: one set for all, `(num_candidates, features)`, or one set each, `(num_predictions,
-        num_candidates, features)`. Matrix products throughout: no predictions x candidates x features tensor.
-        """
-        predictions, candidates = predictions.float(), candidates.float()
-        one_set_each = candidates.dim() == 3
-        if one_set_each:
-            predictions = predictions.unsqueeze(1)
-        if self.distance == "cosine":
-            distances = 1.0 - F.normalize(predictions, dim=-1) @ F.normalize(candidates, dim=-1).transpose(-1, -2)
-        else:
-            distances = torch.cdist(predictions, candidates)
-        return distances.squeeze(1) if one_set_each else distances
-
-    def check_candidates(self, candidates: list[list[str]], num_dialogues: int) -> None:
-        """Raise a `ValueError` naming the candidate list that is not a non-empty list of distinct ids of the bank."""
-        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or len(candidates) != num_dialogues:
-            raise ValueError(
-                f"candidates must hold one list of meme ids per dialogue ({num_dialogues}), got {candidates!r}."
-            )
-        known = set(self.ids)
-        for index, ids in enumerate(candidates):
-            if isinstance(ids, (str, Mapping)) or not isinstance(ids, Sequence) or not ids:
-                raise ValueError(
-                    f"candidates of dialogue {index}: expected a non-empty list of meme ids, got {ids!r}."
-                )
-            unknown = [meme_id for meme_id in ids if not isinstance(meme_id, str) or meme_id not in known]
-            if unknown:
-                raise ValueError(
-                    f"candidates of dialogue {index}: {unknown} are not in the model's meme bank ({len(known)} memes)."
-                )
-            repeated = sorted({meme_id for meme_id in ids if ids.count(meme_id) > 1})
-            if repeated:
-                raise ValueError(f"candidates of dialogue {index}: {repeated} appear more than once.")
-
-    def candidate_distances(self, predictions: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
-        """
-        Distances `(num_predictions, longest_list)` from each prediction to its own candidates, the lists padded to
-        the longest one and the padding at infinite distance.
-        """
-        sizes = torch.tensor([len(ids) for ids in candidates], device=self.features.device)
-        is_candidate = torch.arange(int(sizes.max()), device=sizes.device) < sizes.unsqueeze(1)
-        features = self.features.new_zeros((*is_candidate.shape, self.features.shape[-1]))
-        features[is_candidate] = self.lookup([meme_id for ids in candidates for meme_id in ids])
-        return self.distances(predictions, features).masked_fill(~is_candidate, float("inf"))
-
-    def rank(
-        self, predictions: torch.Tensor, candidates: list[list[str]] | None = None, top_k: int | None = None
-    ) -> list[MemeRetrieval]:
-        """
-        Rank memes for each predicted feature `(num_predictions, feature_size)`, nearest first: the given candidate
-        ids for each prediction (e.g. the official sets of 10 or 11 memes; sizes may differ within a batch), or the
-        whole bank. `top_k` keeps the nearest `top_k` of each ranking.
-        """
-        if candidates is None:
-            distances = self.distances(predictions, self.features)
-            candidates = [self.ids] * len(predictions)
-        elif len(candidates) != len(predictions):
-            raise ValueError(f"Got {len(candidates)} candidate lists for {len(predictions)} predictions.")
-        else:
-            distances = self.candidate_distances(predictions, candidates)
-        keep = distances.shape[-1] if top_k is None else min(top_k, distances.shape[-1])
-        ranked_distances, order = distances.topk(keep, dim=-1, largest=False, sorted=True)
-        # Padding sorts last (infinite distance): each list keeps as many entries as it has candidates.
-        return [
-            MemeRetrieval([ids[i] for i in row.tolist()[: len(ids)]], dist.tolist()[: len(ids)])
-            for ids, row, dist in zip(candidates, order, ranked_distances)
-        ]
-
-
 class MODGPTHead(nn.Module):
     """One-hidden-layer MLP on a decoder hidden state: Linear, ReLU, dropout, Linear."""
 
@@ -459,120 +329,6 @@ class MODGPTPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-
-
-class CachedOpenAIGPTAttention(nn.Module):
-    """OpenAI-GPT's self-attention (scaled by sqrt(head_dim)) through SDPA, with a KV cache."""
-
-    def __init__(self, config: OpenAIGPTConfig, layer_idx: int):
-        super().__init__()
-        self.n_head, self.layer_idx = config.n_head, layer_idx
-        self.c_attn = Conv1D(3 * config.n_embd, config.n_embd)
-        self.c_proj = Conv1D(config.n_embd, config.n_embd)
-        self.attn_dropout = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
-
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        batch, length, width = hidden_states.shape
-        qkv = self.c_attn(hidden_states).view(batch, length, 3, self.n_head, width // self.n_head)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, length, head_dim)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
-        dropout = self.attn_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
-        return self.resid_dropout(self.c_proj(attended.transpose(1, 2).reshape(batch, length, width)))
-
-
-class CachedOpenAIGPTMLP(nn.Module):
-    def __init__(self, config: OpenAIGPTConfig):
-        super().__init__()
-        self.c_fc = Conv1D(4 * config.n_embd, config.n_embd)
-        self.c_proj = Conv1D(config.n_embd, 4 * config.n_embd)
-        self.act = ACT_FNS[config.afn]  # OpenAI-GPT's own table: its "gelu" is the tanh approximation
-        self.dropout = nn.Dropout(config.resid_pdrop)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
-
-
-class CachedOpenAIGPTBlock(nn.Module):
-    """OpenAI-GPT's post-LN block: `ln_1(x + attn(x))`, then `ln_2(n + mlp(n))`."""
-
-    def __init__(self, config: OpenAIGPTConfig, layer_idx: int):
-        super().__init__()
-        self.attn = CachedOpenAIGPTAttention(config, layer_idx)
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = CachedOpenAIGPTMLP(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        hidden_states = self.ln_1(hidden_states + self.attn(hidden_states, mask, cache))
-        return self.ln_2(hidden_states + self.mlp(hidden_states))
-
-
-class CachedOpenAIGPTModel(OpenAIGPTPreTrainedModel):
-    """
-    transformers' `OpenAIGPTModel` (CDial-GPT's decoder) with a KV cache and SDPA attention: the same modules and
-    parameter names, so its checkpoints load unchanged, and the same hidden states at every non-padding position.
-    transformers' own runs without a cache, so each generated token would re-run the whole dialogue.
-    """
-
-    config_class = OpenAIGPTConfig  # its attention is always SDPA; configs keep transformers' "eager" for OpenAI-GPT
-
-    def __init__(self, config: OpenAIGPTConfig):
-        super().__init__(config)
-        self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
-        self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
-        self.h = nn.ModuleList([CachedOpenAIGPTBlock(config, index) for index in range(config.n_layer)])
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.tokens_embed
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.tokens_embed = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
-        if inputs_embeds is None:
-            inputs_embeds = self.tokens_embed(input_ids)
-        if use_cache if use_cache is not None else getattr(self.config, "use_cache", True):
-            cache = cache if cache is not None else DynamicCache(config=self.config)
-        else:
-            cache = None
-        past = cache.get_seq_length() if cache is not None else 0
-        keys = torch.arange(past + inputs_embeds.shape[1], device=inputs_embeds.device)
-        if position_ids is None:
-            position_ids = keys[None, past:]
-        # Each new token sees the cached and new tokens up to itself, less padding (`attention_mask` covers them all),
-        # and always itself: an all-padding row would otherwise have nothing to attend to (NaN).
-        queries = keys[past:, None]
-        mask = keys <= queries
-        if attention_mask is not None:
-            mask = (mask & attention_mask[:, None, None, :].bool()) | (keys == queries)
-        hidden_states = self.drop(inputs_embeds + self.positions_embed(position_ids))
-        all_hidden_states = []
-        for block in self.h:
-            all_hidden_states.append(hidden_states)
-            hidden_states = block(hidden_states, mask, cache)
-        all_hidden_states.append(hidden_states)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            cache=cache,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-        )
 
 
 class MODGPTModel(MODGPTPreTrainedModel):

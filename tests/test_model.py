@@ -94,8 +94,10 @@ def test_auto_classes_load_saved_code_in_fresh_process(model, processor, tmp_pat
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     processor.save_pretrained(saved)
-    for name in ("configuration_mod_gpt.py", "modeling_mod_gpt.py", "processing_mod.py"):
-        assert (saved / name).exists()
+    # The modeling file's relative imports travel with it: the decoder, the meme bank and the inference it runs.
+    code_files = ("configuration_mod_gpt", "modeling_mod_gpt", "modeling_cached_openai_gpt", "retrieval_mod_gpt")
+    for name in (*code_files, "pipeline_mod", "processing_mod"):
+        assert (saved / f"{name}.py").exists(), name
     _, outputs = run(model, processor, DIALOGUES)
     torch.save(outputs.logits, tmp_path / "expected_logits.pt")
     script = textwrap.dedent(
