@@ -439,20 +439,49 @@ def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> Pretrain
         raise ValueError(f"{model!r}: config.json is not a valid MOD-GPT config ({error})") from error
 
 
-def load_mod_gpt(
-    model: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None
-) -> tuple[MODGPTForMemeDialogue, MODProcessor]:
+def is_mod_gpt_folder(path: str | None) -> bool:
     """
-    A saved MOD-GPT and its processor, in eval mode, built from this package's classes: the code files saved in the
-    folder run only with `trust_remote_code=True` (then through the Auto classes). `config` defaults to
-    `load_mod_gpt_config(model, trust_remote_code)`.
+    Whether `path` is a local folder holding a saved MOD-GPT (its config.json has model_type "mod_gpt"). A config.json
+    that is not valid JSON is a `ValueError` naming it.
+    """
+    config_file = Path(path) / "config.json" if path is not None else None
+    if config_file is None or not config_file.is_file():
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}).") from error
+    return isinstance(config, dict) and config.get("model_type") == MODGPTConfig.model_type
+
+
+def load_mod_gpt_model(
+    model: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None
+) -> MODGPTForMemeDialogue:
+    """
+    A saved MOD-GPT in eval mode, built from this package's classes: the code files saved in the folder run only with
+    `trust_remote_code=True` (then through the Auto classes). `config` defaults to `load_mod_gpt_config(model,
+    trust_remote_code)`.
     """
     config = config or load_mod_gpt_config(model, trust_remote_code)
     source = model_source(model)
     if trust_remote_code:
-        loaded = AutoModel.from_pretrained(source, config=config, trust_remote_code=True)
-        return loaded.eval(), AutoProcessor.from_pretrained(source, trust_remote_code=True)
-    return MODGPTForMemeDialogue.from_pretrained(source, config=config).eval(), MODProcessor.from_pretrained(source)
+        return AutoModel.from_pretrained(source, config=config, trust_remote_code=True).eval()
+    return MODGPTForMemeDialogue.from_pretrained(source, config=config).eval()
+
+
+def load_mod_gpt_processor(model: str, trust_remote_code: bool = False) -> MODProcessor:
+    """The processor of a saved MOD-GPT, by this package's class unless `trust_remote_code` (see `load_mod_gpt_model`)."""
+    source = model_source(model)
+    if trust_remote_code:
+        return AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    return MODProcessor.from_pretrained(source)
+
+
+def load_mod_gpt(
+    model: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None
+) -> tuple[MODGPTForMemeDialogue, MODProcessor]:
+    """A saved MOD-GPT in eval mode and its processor (`load_mod_gpt_model`, `load_mod_gpt_processor`)."""
+    return load_mod_gpt_model(model, trust_remote_code, config), load_mod_gpt_processor(model, trust_remote_code)
 
 
 PIPELINE_REGISTRY.register_pipeline("meme-dialogue", pipeline_class=MemeDialoguePipeline, pt_model=AutoModel)

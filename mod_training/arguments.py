@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from configuration_mod_gpt import MODGPTConfig, is_timm_hub_model, timm_encoder_config, timm_hub_encoder_config
 from output_folders import why_not_writable
+from pipeline_mod import is_mod_gpt_folder
 
 from . import ArgumentError
 from .run_folder import RUN_MARKER, is_training_run
@@ -270,10 +271,14 @@ def check_input_paths(args: TrainArguments) -> None:
         )
     if args.init_from is not None and looks_local(args.init_from) and not Path(args.init_from).is_dir():
         raise ArgumentError(f"--init_from {args.init_from!r}: no such folder.")
+    try:
+        init_from_mod_gpt = is_mod_gpt_folder(args.init_from)
+    except ValueError as error:
+        raise ArgumentError(f"--init_from {args.init_from!r}: {error}") from error
     if args.meme_encoder_checkpoint is not None:
         if not Path(args.meme_encoder_checkpoint).is_file():
             raise ArgumentError(f"--meme_encoder_checkpoint {args.meme_encoder_checkpoint!r}: no such file.")
-        if is_mod_checkpoint(args.init_from):
+        if init_from_mod_gpt:
             raise ArgumentError(
                 f"--init_from {args.init_from!r} is a MOD-GPT model, which brings its own meme encoder: drop "
                 "--meme_encoder_checkpoint."
@@ -330,18 +335,6 @@ def check_output_dir(args: TrainArguments) -> None:
 def resumes_inside(args: TrainArguments, output_dir: Path) -> bool:
     checkpoint = args.resume_from_checkpoint
     return checkpoint == "latest" or (checkpoint is not None and Path(checkpoint).parent.resolve() == output_dir)
-
-
-def is_mod_checkpoint(path: str | None) -> bool:
-    """Whether `path` is a local folder holding a saved MOD-GPT model."""
-    config_file = Path(path) / "config.json" if path is not None else None
-    if config_file is None or not config_file.is_file():
-        return False
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ArgumentError(f"--init_from {path!r}: {config_file} is not valid JSON ({error}).") from error
-    return isinstance(config, dict) and config.get("model_type") == MODGPTConfig.model_type
 
 
 def read_meme_encoder_config(value: str) -> dict[str, Any]:

@@ -10,18 +10,17 @@ from accelerate.logging import get_logger
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
 
 from configuration_mod_gpt import MODGPTConfig, is_timm_hub_model
 from modeling_mod_gpt import MODGPTForMemeDialogue, encoder_feature_size
+from pipeline_mod import is_mod_gpt_folder, load_mod_gpt_model, load_mod_gpt_processor
 from processing_mod import MODProcessor
 
 from . import ArgumentError
 from .arguments import (
     TASK_LOSS_WEIGHTS,
     TrainArguments,
-    is_mod_checkpoint,
     read_meme_encoder_config,
     read_model_config,
 )
@@ -32,20 +31,10 @@ logger = get_logger(__name__)
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the weights of a timm hub model, the safe kind first
 
 
-def load_mod_processor(folder: str, trust_remote_code: bool) -> MODProcessor:
-    """
-    The processor of a saved MOD-GPT model, read by this package's own classes: the copies of the code that the
-    folder holds run only when the user trusts them (`AutoProcessor` would import them).
-    """
-    if trust_remote_code:
-        return AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    return MODProcessor.from_pretrained(folder)
-
-
 def build_processor(args: TrainArguments, dialogues: datasets.DatasetDict) -> MODProcessor:
     names = emotion_names(dialogues)
-    if is_mod_checkpoint(args.init_from):
-        processor = load_mod_processor(args.init_from, args.trust_remote_code)
+    if is_mod_gpt_folder(args.init_from):
+        processor = load_mod_gpt_processor(args.init_from, args.trust_remote_code)
     elif args.init_from is not None:
         try:
             processor = MODProcessor.from_text_backbone(args.init_from, meme_encoder_name=args.meme_encoder)
@@ -71,10 +60,8 @@ def build_model(
 def load_or_create_model(
     args: TrainArguments, processor: MODProcessor, names: list[str], memes: datasets.Dataset
 ) -> MODGPTForMemeDialogue:
-    if is_mod_checkpoint(args.init_from):
-        if args.trust_remote_code:
-            return AutoModel.from_pretrained(args.init_from, trust_remote_code=True)
-        return MODGPTForMemeDialogue.from_pretrained(args.init_from)
+    if is_mod_gpt_folder(args.init_from):
+        return load_mod_gpt_model(args.init_from, args.trust_remote_code)
     mod_kwargs = dict(
         **meme_encoder_kwargs(args, memes),
         meme_feature_normalization="rms" if args.normalize_meme_features else args.meme_feature_normalization,
