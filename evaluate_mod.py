@@ -325,7 +325,7 @@ def usage_decided(model, processor, dialogues: list[list[dict]], batch_size: int
     """The predicted and the labelled usage decision at each labelled [TAG] of `dialogues`, in reading order."""
     predictions, references = [], []
     for chunk in batched(dialogues, batch_size, "usage"):
-        inputs, outputs = forward_dialogues(model, processor, chunk)
+        inputs, outputs = forward_dialogues(model, processor, chunk, label_turns="all")
         _, predicted, labelled = usage_decisions(
             inputs["input_ids"], inputs["usage_labels"], outputs.usage_logits, model.config.tag_token_id
         )

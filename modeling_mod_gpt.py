@@ -38,7 +38,6 @@ except ImportError:
 
 
 logger = logging.get_logger(__name__)
-DIALOGUE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "meme_features")
 DEFAULT_NUM_MEMES = 5
 
 # Checkpoints keep the layout of the first release (one flat model); the classes nest the decoder, encoder and

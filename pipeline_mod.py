@@ -17,11 +17,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
     from .configuration_mod_gpt import MODGPTConfig
-    from .modeling_mod_gpt import DEFAULT_NUM_MEMES, DIALOGUE_INPUTS, MemeBank, MODGPTForMemeDialogue, last_per_row
+    from .modeling_mod_gpt import DEFAULT_NUM_MEMES, MemeBank, MODGPTForMemeDialogue, last_per_row
     from .processing_mod import MODProcessor
 except ImportError:
     from configuration_mod_gpt import MODGPTConfig
-    from modeling_mod_gpt import DEFAULT_NUM_MEMES, DIALOGUE_INPUTS, MemeBank, MODGPTForMemeDialogue, last_per_row
+    from modeling_mod_gpt import DEFAULT_NUM_MEMES, MemeBank, MODGPTForMemeDialogue, last_per_row
     from processing_mod import MODProcessor
 
 HUB_PREFIX = "hf://"
@@ -251,9 +251,9 @@ def encode_dialogues(
 def forward_dialogues(
     model: MODGPTForMemeDialogue, processor: MODProcessor, dialogues: list[list[dict]], **processor_kwargs: Any
 ) -> tuple[BatchFeature, Any]:
-    """Encode `dialogues` with `encode_dialogues` and run the model on them (no labels: logits come back)."""
+    """Encode `dialogues` with `encode_dialogues` and run the model on them (with the labels `label_turns` asks for)."""
     inputs = encode_dialogues(model, processor, dialogues, **processor_kwargs)
-    return inputs, model(**{key: inputs[key] for key in DIALOGUE_INPUTS})
+    return inputs, model(**inputs)
 
 
 @torch.no_grad()
@@ -274,7 +274,7 @@ def generate_texts(
     prompt = encode_dialogues(
         model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
     )
-    generated = model.generate(**{key: prompt[key] for key in DIALOGUE_INPUTS}, **generate_kwargs)
+    generated = model.generate(**prompt, **generate_kwargs)
     return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
 
 

@@ -274,26 +274,31 @@ class MODProcessor(ProcessorMixin):
         self,
         dialogues: Sequence[Mapping] | Sequence[Sequence[Mapping]],
         add_generation_prompt: bool = False,
-        label_turns: str = "all",
+        label_turns: str | None = None,
         padding_side: str = "right",
         max_length: int | None = None,
         meme_images: Mapping[str, Image.Image] | None = None,
         return_tensors: str = "pt",
     ) -> BatchFeature:
         """
-        Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`,
-        `labels`, `usage_labels`, `emotion_labels`, and `meme_ids` (the memes at the `[IMG]` tokens, in reading
-        order), the memes of the meme bank that `model(**inputs)` looks up. With `meme_images` (meme id to image) the
-        memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the two.
+        Encode one dialogue or a batch into padded tensors: `input_ids`, `attention_mask`, `token_type_ids`, and
+        `meme_ids` (the memes at the `[IMG]` tokens, in reading order), the memes of the meme bank that
+        `model(**inputs)` looks up; with `label_turns` (`"all"`, `"last"` or `"none"`, see `encode_turns`) also the
+        `labels`, `usage_labels` and `emotion_labels` that training and scoring want. With `meme_images` (meme id to
+        image) the memes come as images instead: `pixel_values` in place of `meme_ids`, as the model takes one of the
+        two.
         """
         if return_tensors != "pt":
             raise ValueError(f"MODProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
         batch, _ = self.dialogue_batch(dialogues)
         encodings = [
-            self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns, max_length)
+            self.encode_dialogue(dialogue, index, add_generation_prompt, label_turns or "none", max_length)
             for index, dialogue in enumerate(batch)
         ]
         inputs = self.pad(encodings, padding_side)
+        if label_turns is None:
+            for key in LABEL_KEYS:
+                del inputs[key]
         if meme_images is not None and inputs["meme_ids"]:
             missing = sorted(set(inputs["meme_ids"]) - set(meme_images))
             if missing:

@@ -9,7 +9,7 @@ import torch
 
 import evaluate_mod
 from mod_dataset.sample import PAPER_PROFILE
-from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
+from modeling_mod_gpt import MODGPTForMemeDialogue
 from pipeline_mod import encode_dialogues
 from processing_mod import MODProcessor
 
@@ -79,7 +79,7 @@ def prompt_inputs(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: l
     prompt = encode_dialogues(
         model, processor, [row["history"] for row in rows], add_generation_prompt=True, max_new_tokens=NEW_TOKENS
     )
-    return {key: prompt[key] for key in DIALOGUE_INPUTS}
+    return prompt
 
 
 def generate(model: MODGPTForMemeDialogue, prompt: dict, use_cache: bool, **decoding) -> torch.LongTensor:

@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from modeling_mod_gpt import DIALOGUE_INPUTS, MODGPTForMemeDialogue
+from modeling_mod_gpt import MODGPTForMemeDialogue
 from pipeline_mod import encode_dialogues
 from processing_mod import MODProcessor
 
@@ -22,7 +22,6 @@ def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: i
     """Row 3: greedy `generate` of 32 tokens after a 200-token history, with the KV cache vs without it."""
     dialogue = dialogue_of_length(random.Random(seed), HISTORY_LENGTH, generation_prompt=True)
     prompt = encode_dialogues(model, processor, [dialogue], add_generation_prompt=True)
-    prompt = {key: prompt[key] for key in DIALOGUE_INPUTS}
     model.eval()
     outputs: dict[bool, torch.Tensor] = {}
 

@@ -123,7 +123,7 @@ def test_step_zero_computes_what_the_pretrained_model_computes_for_the_speakers(
     pretrained.resize_token_embeddings(len(processor.tokenizer))
     with torch.no_grad():  # the appended rows as MOD-GPT drew them (resizing draws them at random)
         pretrained.get_input_embeddings().weight.copy_(model.get_input_embeddings().weight)
-    inputs = processor(TEXT_DIALOGUE)
+    inputs = processor(TEXT_DIALOGUE, label_turns="all")
     speaker_ids = torch.tensor([processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]])
     with torch.no_grad():
         expected = pretrained(inputs["input_ids"], token_type_ids=speaker_ids[inputs["token_type_ids"]]).logits
@@ -180,7 +180,7 @@ def test_modern_decoders_train_generate_and_reload(text_config, processor, tmp_p
     assert model.config.tie_word_embeddings is False  # as the decoder's config says
     assert model.lm_head.weight is not model.get_input_embeddings().weight
     model.add_memes(MEME_IDS, pixel_values=torch.randn(len(MEME_IDS), 3, 32, 32))
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     model(**inputs).loss.backward()
     assert model.lm_head.weight.grad is not None and model.model.segment_embeddings.weight.grad is not None
     model.eval().save_pretrained(tmp_path)

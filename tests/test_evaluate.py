@@ -308,7 +308,7 @@ RETRIEVAL_ROWS = [
 def training_meme_prediction(model, processor, row: dict) -> torch.Tensor:
     """The meme head's output where training regresses the reply's meme: the dialogue with its reply, as trained."""
     reply = {"speaker": row["speaker"], "text": row["answer_text"], "meme": row["answer"], "emotion": None}
-    inputs = processor([row["history"] + [reply]])
+    inputs = processor([row["history"] + [reply]], label_turns="all")
     meme_features = model.meme_bank.lookup(inputs.pop("meme_ids"))
     outputs = model(**inputs, meme_features=meme_features)
     input_ids = inputs["input_ids"][0]

@@ -18,11 +18,10 @@ from modeling_mod_gpt import IGNORE_INDEX, MODGPTForMemeDialogue
 
 
 def run(model, processor, dialogues, **encode_kwargs):
-    """Encode and run without text labels, so the full logits come back."""
-    inputs = processor(dialogues, **encode_kwargs)
+    """Encode (every turn labelled unless `encode_kwargs` says otherwise) and run: the losses and the full logits."""
+    inputs = processor(dialogues, **{"label_turns": "all", **encode_kwargs})
     meme_features = model.meme_bank.lookup(inputs.pop("meme_ids"))
-    model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-    return inputs, model(**model_inputs, meme_features=meme_features)
+    return inputs, model(**inputs, meme_features=meme_features)
 
 
 def turn_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, speaker_ids) -> list:
@@ -113,7 +112,7 @@ def test_auto_classes_load_saved_code_in_fresh_process(model, processor, tmp_pat
             assert type(obj).__module__.startswith("transformers_modules."), type(obj).__module__
         assert type(model).__name__ == "MODGPTForMemeDialogue" and type(processor).__name__ == "MODProcessor"
         dialogues = {DIALOGUES!r}
-        inputs = processor(dialogues)
+        inputs = processor(dialogues, label_turns="all")
         memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
         inputs.pop("labels")
         logits = model(**inputs, meme_features=memes).logits
@@ -204,7 +203,7 @@ def losses(model, inputs, meme_features):
 
 
 def test_each_loss_part_moves_only_with_its_own_labels(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     base = losses(model, inputs, memes)
     assert all(torch.isfinite(torch.tensor(value)) for value in base.values())
@@ -245,7 +244,7 @@ def test_each_loss_part_moves_only_with_its_own_labels(model, processor):
 
 def test_loss_parts_send_gradients_to_their_heads(model, processor):
     model.train()
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     outputs = model(**inputs, meme_features=memes)
     part_to_head = {
@@ -265,7 +264,7 @@ def test_loss_parts_send_gradients_to_their_heads(model, processor):
 
 
 def test_text_loss_on_labelled_positions_equals_full_logits_loss(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     labels = inputs.pop("labels")
     logits = model(**inputs, meme_features=memes).logits
@@ -275,24 +274,24 @@ def test_text_loss_on_labelled_positions_equals_full_logits_loss(model, processo
 
 def test_images_through_encoder_equal_their_features(model, processor):
     images = {meme: Image.new("RGB", (48, 48), color=(30 * i, 200 - 20 * i, 90)) for i, meme in enumerate(MEME_IDS)}
-    inputs = processor(DIALOGUES, meme_images=images)
+    inputs = processor(DIALOGUES, meme_images=images, label_turns="all")
     assert "meme_ids" not in inputs  # the images stand for the memes: one source, so model(**inputs) takes it
     from_images = model(**inputs)
     pixel_values = inputs.pop("pixel_values")
-    assert len(pixel_values) == len(processor(DIALOGUES)["meme_ids"])
+    assert len(pixel_values) == len(processor(DIALOGUES, label_turns="all")["meme_ids"])
     from_features = model(**inputs, meme_features=model.model.get_meme_features(pixel_values))
     for part in ("loss", "lm_loss", "usage_loss", "meme_loss", "emotion_loss", "emotion_logits"):
         torch.testing.assert_close(getattr(from_images, part), getattr(from_features, part))
 
 
-# The plain call: model(**processor(dialogue)) ------------------------------------------------------------------------
+# The plain call: model(**processor(dialogue, label_turns="all")) ------------------------------------------------------------------------
 
 
 LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
 
 
 def test_the_processor_output_runs_as_is_with_memes_from_the_bank(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     plain = model(**inputs)
     features = model.meme_bank.lookup(inputs["meme_ids"])
     explicit = model(**{key: value for key, value in inputs.items() if key != "meme_ids"}, meme_features=features)
@@ -303,14 +302,14 @@ def test_the_processor_output_runs_as_is_with_memes_from_the_bank(model, process
 
 @pytest.mark.parametrize("other", ["meme_features", "pixel_values"])
 def test_memes_given_two_ways_are_refused(model, processor, other):
-    inputs = processor(DIALOGUES[1])
+    inputs = processor(DIALOGUES[1], label_turns="all")
     values = {"meme_features": model.meme_bank.lookup(inputs["meme_ids"]), "pixel_values": torch.zeros(1, 3, 32, 32)}
     with pytest.raises(ValueError, match=rf"Got memes as {other} and meme_ids: pass them one way only"):
         model(**inputs, **{other: values[other]})
 
 
 def test_unknown_meme_ids_in_the_plain_call_are_named(model, processor):
-    inputs = processor(DIALOGUES[1])
+    inputs = processor(DIALOGUES[1], label_turns="all")
     with pytest.raises(ValueError, match=r"Unknown meme id\(s\) \['404'\]: not in the model's meme bank of 8"):
         model(**dict(inputs, meme_ids=["404"]))
     with pytest.raises(ValueError, match="meme_ids must be a list of meme ids, got str '002'"):
@@ -319,7 +318,7 @@ def test_unknown_meme_ids_in_the_plain_call_are_named(model, processor):
 
 def test_a_dialogue_with_nothing_to_learn_gives_zero_losses_that_keep_the_graph(model, processor):
     one_turn = [DIALOGUES[0][0]]  # a text turn: no labelled text, usage or emotion (the first turn is context)
-    outputs = model(**processor(one_turn))
+    outputs = model(**processor(one_turn, label_turns="all"))
     parts = torch.stack([getattr(outputs, part) for part in LOSS_PARTS])  # as the training loop stacks them
     assert parts.tolist() == [0.0] * 4 and outputs.loss.item() == 0.0
     assert outputs.loss.requires_grad
@@ -328,8 +327,8 @@ def test_a_dialogue_with_nothing_to_learn_gives_zero_losses_that_keep_the_graph(
 
 
 def test_an_unlabelled_dialogue_in_a_batch_changes_no_loss(model, processor):
-    alone = model(**processor(DIALOGUES))
-    with_one_turn = model(**processor([*DIALOGUES, [DIALOGUES[0][0]]]))
+    alone = model(**processor(DIALOGUES, label_turns="all"))
+    with_one_turn = model(**processor([*DIALOGUES, [DIALOGUES[0][0]]], label_turns="all"))
     for part in ("loss", *LOSS_PARTS):
         torch.testing.assert_close(getattr(with_one_turn, part), getattr(alone, part))
 
@@ -338,14 +337,14 @@ def test_an_unlabelled_dialogue_in_a_batch_changes_no_loss(model, processor):
 
 
 def generation_prompt(model, processor):
-    prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
+    prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left", label_turns="all")
     memes = model.meme_bank.lookup(prompt["meme_ids"])
     return {key: prompt[key] for key in ("input_ids", "attention_mask", "token_type_ids")}, memes
 
 
 def test_generate_takes_the_processor_meme_ids(model, processor):
     prompt, memes = generation_prompt(model, processor)
-    meme_ids = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")["meme_ids"]
+    meme_ids = processor(DIALOGUES, add_generation_prompt=True, padding_side="left", label_turns="all")["meme_ids"]
     kwargs = dict(prompt, do_sample=False, max_new_tokens=6, min_new_tokens=6)
     for use_cache in (True, False):
         from_ids = model.generate(**kwargs, meme_ids=meme_ids, use_cache=use_cache)
@@ -453,24 +452,24 @@ def test_unknown_meme_id_names_the_turn(model, processor):
 )
 def test_bad_turns_name_field_and_turn(processor, dialogue, message):
     with pytest.raises(ValueError, match=message):
-        processor([DIALOGUES[0][0], *dialogue])
+        processor([DIALOGUES[0][0], *dialogue], label_turns="all")
 
 
 def test_empty_dialogue_is_rejected(processor):
     with pytest.raises(ValueError, match="non-empty list of turns"):
-        processor([])
+        processor([], label_turns="all")
     with pytest.raises(ValueError, match="dialogue 1: a dialogue must be a non-empty list"):
-        processor([DIALOGUES[0], []])
+        processor([DIALOGUES[0], []], label_turns="all")
 
 
 def test_overlong_turn_names_text_and_turn(processor):
     dialogue = [DIALOGUES[0][0], {"speaker": "speaker2", "text": "好" * 40, "meme": None, "emotion": None}]
     with pytest.raises(ValueError, match=r"dialogue 0, turn 1: 'text' encodes to 44 tokens.*max_length=30"):
-        processor(dialogue, max_length=30)
+        processor(dialogue, max_length=30, label_turns="all")
 
 
 def test_image_count_mismatch_is_reported(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     memes = model.meme_bank.lookup(inputs.pop("meme_ids"))
     with pytest.raises(ValueError, match=r"input_ids hold 6 \[IMG\] tokens but 5 memes were given"):
         model(**inputs, meme_features=memes[:-1])

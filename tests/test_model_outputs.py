@@ -14,13 +14,13 @@ LOSS_PARTS = ("lm_loss", "usage_loss", "meme_loss", "emotion_loss")
 
 def plain_inputs(processor, model, dialogues=DIALOGUES) -> dict:
     """The processor's tensors with the bank features of their memes, without labels."""
-    inputs = dict(processor(dialogues))
+    inputs = dict(processor(dialogues, label_turns="all"))
     inputs["meme_features"] = model.meme_bank.lookup(inputs.pop("meme_ids"))
     return {key: value for key, value in inputs.items() if not key.endswith("labels")}
 
 
 def test_return_dict_false_gives_the_output_as_a_tuple(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     as_dict = model(**inputs, use_cache=False)
     as_tuple = model(**inputs, use_cache=False, return_dict=False)
     assert isinstance(as_tuple, tuple) and not isinstance(as_tuple, MODGPTOutput)
@@ -77,7 +77,7 @@ def test_logits_to_keep_a_tensor_keeps_those_positions(model, processor):
 
 
 def test_logits_come_with_labels_by_default_and_the_loss_stays_the_same(model, processor):
-    inputs = processor(DIALOGUES)
+    inputs = processor(DIALOGUES, label_turns="all")
     without_labels = model(**{key: value for key, value in inputs.items() if key != "labels"})
     default = model(**inputs)
     torch.testing.assert_close(default.logits, without_labels.logits)  # as every transformers causal LM
@@ -96,7 +96,7 @@ def test_logits_come_with_labels_by_default_and_the_loss_stays_the_same(model, p
 
 
 def test_generation_runs_the_lm_head_on_the_last_position_only(model, processor, monkeypatch):
-    prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left")
+    prompt = processor(DIALOGUES, add_generation_prompt=True, padding_side="left", label_turns="all")
     rows = []
     hook = model.lm_head.register_forward_hook(lambda module, args, output: rows.append(output.shape[1]))
     model.generate(
@@ -123,7 +123,7 @@ def test_the_base_model_splices_memes_and_returns_their_features(model, processo
 
 
 def test_a_training_step_runs_under_bf16_autocast(model, processor):
-    inputs = processor(DIALOGUES, return_tensors="pt")
+    inputs = processor(DIALOGUES, return_tensors="pt", label_turns="all")
     inputs["meme_features"] = model.meme_bank.lookup(inputs.pop("meme_ids"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(**inputs)
@@ -138,8 +138,8 @@ def test_losses_over_the_global_item_counts_add_up_across_shards(model, processo
     losses and gradients of the whole batch averaged over its own: what training relies on across processes."""
     model.config.meme_loss = meme_loss
     model.eval()  # no dropout: the shards and the whole batch compute the same hidden states
-    whole = processor(DIALOGUES)
-    shards = [processor(DIALOGUES[:1]), processor(DIALOGUES[1:])]
+    whole = processor(DIALOGUES, label_turns="all")
+    shards = [processor(DIALOGUES[:1], label_turns="all"), processor(DIALOGUES[1:], label_turns="all")]
     counts = loss_item_counts(whole["labels"], whole["usage_labels"], whole["emotion_labels"])
     assert all(count > 0 for count in counts.tolist())
 

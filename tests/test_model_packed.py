@@ -43,7 +43,7 @@ def test_each_packed_dialogue_gets_the_outputs_and_losses_of_its_own_row(attenti
     starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
     heads = {name: [] for name in ("usage_logits", "meme_predictions", "emotion_logits")}
     for index, dialogue in enumerate(DIALOGUES):
-        alone = model(**processor(dialogue), logits_to_keep=0)
+        alone = model(**processor(dialogue, label_turns="all"), logits_to_keep=0)
         span = slice(starts[index], starts[index + 1])
         torch.testing.assert_close(packed.logits[0, span], alone.logits[0], rtol=1e-5, atol=1e-5)
         own_loss = text_loss_of(packed.logits[0, span], row["labels"][0, span])
@@ -58,7 +58,7 @@ def test_a_packed_row_has_the_losses_of_the_padded_batch(attention_model, proces
     model = attention_model
     row, _ = packed_row(processor, DIALOGUES)
     packed = model(**row)
-    batch = model(**processor(DIALOGUES))
+    batch = model(**processor(DIALOGUES, label_turns="all"))
     for part in LOSS_PARTS:  # each a mean over the labelled tokens (or [TAG]s, [IMG]s) of all dialogues
         torch.testing.assert_close(getattr(packed, part), getattr(batch, part), rtol=1e-5, atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_without_the_restart_the_dialogues_would_see_each_other(attention_model,
     """The check above is not vacuous: with one cache over the row (or continuous positions) the outputs change."""
     model = attention_model
     row, lengths = packed_row(processor, DIALOGUES[:2])
-    alone = model(**processor(DIALOGUES[1]), logits_to_keep=0).logits[0]
+    alone = model(**processor(DIALOGUES[1], label_turns="all"), logits_to_keep=0).logits[0]
     second = slice(lengths[0], None)
     with_cache = model(**row, use_cache=True, logits_to_keep=0).logits[0, second]
     assert not torch.allclose(with_cache, alone, atol=1e-3)
@@ -82,7 +82,7 @@ def test_a_decoder_that_cannot_separate_packed_rows_refuses_them(processor):
     row, _ = packed_row(processor, DIALOGUES)
     with pytest.raises(ValueError, match="OpenAIGPTModel decoder always attends to the whole row"):
         model(**row)
-    one = processor(DIALOGUES[0])
+    one = processor(DIALOGUES[0], label_turns="all")
     positions = torch.arange(one["input_ids"].shape[1])[None]
     with_positions = model(
         **{key: value for key, value in one.items() if key != "attention_mask"}, position_ids=positions

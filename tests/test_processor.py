@@ -96,6 +96,17 @@ def test_the_first_turn_labels_its_meme_emotion_and_nothing_else(processor):
     assert processor.encode_windows(DIALOGUES[1][:1]) == [processor.encode_dialogue(DIALOGUES[1][:1])]
 
 
+def test_labels_come_only_when_asked(processor):
+    plain = processor(DIALOGUES)
+    assert set(plain) == {"input_ids", "attention_mask", "token_type_ids", "meme_ids"}
+    for label_turns in ("all", "last", "none"):
+        labelled = processor(DIALOGUES, label_turns=label_turns)
+        assert set(labelled) == set(plain) | {"labels", "usage_labels", "emotion_labels"}
+        assert torch.equal(labelled["input_ids"], plain["input_ids"])
+    assert (processor(DIALOGUES, label_turns="none")["labels"] == IGNORE_INDEX).all()
+    assert (processor(DIALOGUES, label_turns="all")["labels"] != IGNORE_INDEX).any()
+
+
 def test_per_response_view_labels_only_the_answer(processor):
     encoded = processor.encode_dialogue(DIALOGUES[0][:2], label_turns="last")
     labelled = [

@@ -133,7 +133,7 @@ def test_bad_meme_options_name_the_field(processor, overrides, field):
 
 
 def attach_memes_inputs(processor, model, dialogues):
-    inputs = processor(dialogues)
+    inputs = processor(dialogues, label_turns="all")
     meme_ids = inputs.pop("meme_ids")
     return {**inputs, "meme_features": model.meme_bank.lookup(meme_ids)}
 

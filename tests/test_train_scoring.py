@@ -12,7 +12,7 @@ from processing_mod import IGNORE_INDEX
 
 def validation_batch(model, processor) -> dict[str, torch.Tensor]:
     """The dialogues as training's collator gives them: padded, with the features of their memes."""
-    batch = dict(processor(DIALOGUES))
+    batch = dict(processor(DIALOGUES, label_turns="all"))
     batch["meme_features"] = model.meme_bank.lookup(batch.pop("meme_ids"))
     return batch
 
@@ -26,7 +26,7 @@ def test_the_text_scores_are_the_training_loss_of_each_dialogue(model, processor
     nll, tokens = response_nll(forward_without_labels(model, batch).logits, batch["labels"])
     for row in range(len(DIALOGUES)):
         alone = {key: value[row : row + 1] for key, value in batch.items() if key != "meme_features"}
-        alone["meme_features"] = model.meme_bank.lookup(processor([DIALOGUES[row]])["meme_ids"])
+        alone["meme_features"] = model.meme_bank.lookup(processor([DIALOGUES[row]], label_turns="all")["meme_ids"])
         assert tokens[row] == (alone["labels"][:, 1:] != IGNORE_INDEX).sum()
         torch.testing.assert_close(nll[row] / tokens[row], model(**alone).lm_loss, rtol=1e-5, atol=1e-5)
 
