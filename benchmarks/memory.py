@@ -31,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def memory_batch(model: MODGPTForMemeDialogue, processor: MODProcessor, seed: int = 0) -> Batch:
     """8 dialogues of exactly 256 tokens, their memes' features looked up."""
     rng = random.Random(seed)
-    return model_inputs(model, processor([dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)]))
+    dialogues = [dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)]
+    return model_inputs(model, processor(dialogues, label_turns="all"))
 
 
 def measure(size_name: str, gradient_checkpointing: bool, threads: int) -> dict[str, float]:
