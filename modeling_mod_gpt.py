@@ -434,17 +434,6 @@ class MODGPTModel(MODGPTPreTrainedModel):
             )
         return image_mask
 
-    def check_decoder_separates_packed_rows(self, position_ids: torch.LongTensor) -> None:
-        """Refuse packed rows (positions restarting inside a row) for a decoder whose mask cannot keep them apart."""
-        if self.language_model.is_backend_compatible():  # its mask comes from transformers' masking utils
-            return
-        if bool((position_ids.diff(dim=-1) != 1).any()):
-            raise ValueError(
-                f"position_ids restart inside a row (packed dialogues) with no attention_mask, but the "
-                f"{type(self.language_model).__name__} decoder always attends to the whole row: run the dialogues as "
-                "separate rows with an attention_mask."
-            )
-
     @can_return_tuple
     def forward(
         self,
@@ -478,10 +467,6 @@ class MODGPTModel(MODGPTPreTrainedModel):
 
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        if attention_mask is None and position_ids is not None and cache is None:
-            self.check_decoder_separates_packed_rows(position_ids)
-            if use_cache is None:  # the mask keeps each packed dialogue to itself only when no cache is built
-                use_cache = False
         decoder_kwargs = {"cache": cache, "use_cache": use_cache} if self.decoder_has_cache else {}
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -595,9 +580,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
             token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Segment of each token: 0 speaker1, 1 speaker2, 2 meme.
             position_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Positions of the tokens. Given with no `attention_mask`, positions that restart inside a row mark
-                packed dialogues: each attends only to itself (the decoder then builds no cache, unless
-                `use_cache=True`, which lets them see each other).
+                Positions of the tokens; by default derived from `attention_mask`, or counted from the cache's length.
             meme_features (`torch.Tensor` of shape `(num_images, meme_feature_size)`, *optional*):
                 Normalised features (as `get_meme_features` and the meme bank hold them) of the memes at the `[IMG]`
                 tokens, in reading order.

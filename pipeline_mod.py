@@ -60,6 +60,12 @@ def model_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return batch_size
+
+
 class MemeDialoguePipeline(Pipeline):
     """
     Answers dialogues given in the turn schema `{"speaker", "text", "meme", "emotion"}` with a MOD-GPT model.
@@ -99,9 +105,17 @@ class MemeDialoguePipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
 
-    def __init__(self, *args: Any, memes: Any = None, dtype: str | torch.dtype | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        memes: Any = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ):
         # `pipeline(...)` passes its `dtype` on ("auto" unless given): the model was already loaded in it.
         dtype = None if dtype in (None, "auto") else model_dtype(dtype)
+        self.batch_size = 1 if batch_size is None else check_batch_size(batch_size)
         super().__init__(*args, **kwargs)
         if dtype is not None:  # like `device=`, which moves the model in place
             self.model.to(dtype=dtype)
@@ -153,7 +167,9 @@ class MemeDialoguePipeline(Pipeline):
         return dict(zip(memes["meme_id"], memes["image"])) if "image" in memes.column_names else {}
 
     def _sanitize_parameters(self, **call_kwargs: Any):
-        return {}, call_kwargs, {}
+        # `Pipeline.__init__` calls this once, with the call arguments given to `pipeline(...)`; `__call__` does not.
+        self.call_defaults = call_kwargs
+        return {}, {}, {}
 
     def __call__(self, dialogues, batch_size: int | None = None, memes: Any = None, **kwargs: Any):
         """
@@ -161,11 +177,9 @@ class MemeDialoguePipeline(Pipeline):
         the constructor takes them) are candidates of this call only.
         """
         batch, single = self.processor.dialogue_batch(dialogues)
-        batch_size = (self._batch_size or 1) if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         bank, images = self.with_memes(memes, self.meme_bank, self.meme_images)
-        forward_params = {**self._forward_params, **self._sanitize_parameters(**kwargs)[1], "meme_bank": bank}
+        forward_params = {**self.call_defaults, **kwargs, "meme_bank": bank}
         inputs = [self.preprocess(dialogue, index, bank)["dialogue"] for index, dialogue in enumerate(batch)]
         replies = []
         for start in range(0, len(inputs), batch_size):
@@ -427,7 +441,7 @@ def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> Pretrain
     source = model_source(model)
     if trust_remote_code:
         return AutoConfig.from_pretrained(source, trust_remote_code=True)
-    model_type = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    model_type = saved_model_type(source)
     if model_type != MODGPTConfig.model_type:
         raise ValueError(
             f"{model!r} is not a MOD-GPT model (config.json has model_type {json.dumps(model_type)}, not "
@@ -439,19 +453,23 @@ def load_mod_gpt_config(model: str, trust_remote_code: bool = False) -> Pretrain
         raise ValueError(f"{model!r}: config.json is not a valid MOD-GPT config ({error})") from error
 
 
+def saved_model_type(source: str) -> str | None:
+    """The `model_type` in the config.json of `source` (a local folder or a hub repo id)."""
+    config = PretrainedConfig.get_config_dict(source)[0]
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 def is_mod_gpt_folder(path: str | None) -> bool:
     """
     Whether `path` is a local folder holding a saved MOD-GPT (its config.json has model_type "mod_gpt"). A config.json
     that is not valid JSON is a `ValueError` naming it.
     """
-    config_file = Path(path) / "config.json" if path is not None else None
-    if config_file is None or not config_file.is_file():
+    if path is None or not (Path(path) / "config.json").is_file():
         return False
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}).") from error
-    return isinstance(config, dict) and config.get("model_type") == MODGPTConfig.model_type
+        return saved_model_type(path) == MODGPTConfig.model_type
+    except OSError as error:  # transformers' error for a config.json it cannot parse
+        raise ValueError(f"{Path(path) / 'config.json'} is not valid JSON ({error}).") from error
 
 
 def load_mod_gpt_model(

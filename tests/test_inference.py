@@ -17,6 +17,7 @@ from test_processor import long_dialogue
 from transformers import GPT2Config
 
 import chat
+import pipeline_mod
 from pipeline_mod import MemeDialoguePipeline, forward_dialogues, load_mod_gpt, model_source
 
 
@@ -241,6 +242,27 @@ def test_pipeline_inputs_of_the_wrong_shape_are_named(model, processor, no_gener
 def test_pipeline_batch_size_must_be_a_positive_integer(model, processor, no_generation, batch_size):
     with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {batch_size}"):
         MemeDialoguePipeline(model=model, processor=processor)(DIALOGUES, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [0, "2"])
+def test_pipeline_batch_size_is_checked_when_the_pipeline_is_built(model, processor, batch_size):
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {batch_size!r}"):
+        MemeDialoguePipeline(model=model, processor=processor, batch_size=batch_size)
+
+
+def test_the_pipelines_batch_size_applies_unless_a_call_gives_its_own(model, processor, monkeypatch):
+    batches = []
+
+    def reply_to_dialogues(model, processor, dialogues, candidates=None, **kwargs):
+        batches.append(len(dialogues))
+        return [{"speaker": "speaker2", "text": "", "meme": None, "emotion": None, "top_memes": []}] * len(dialogues)
+
+    monkeypatch.setattr(pipeline_mod, "reply_to_dialogues", reply_to_dialogues)
+    chat_pipeline = MemeDialoguePipeline(model=model, processor=processor, batch_size=2)
+    chat_pipeline(DIALOGUES)
+    chat_pipeline(DIALOGUES, batch_size=3)
+    MemeDialoguePipeline(model=model, processor=processor)(DIALOGUES)
+    assert batches == [2, 1, 3, 1, 1, 1]
 
 
 def test_pipeline_candidates_apply_to_every_dialogue_of_a_batch(model, processor):

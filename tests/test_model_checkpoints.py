@@ -19,7 +19,7 @@ from transformers.utils.logging import warning_once
 
 from configuration_mod_gpt import MODGPTConfig
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from pipeline_mod import load_mod_gpt, load_mod_gpt_config
+from pipeline_mod import is_mod_gpt_folder, load_mod_gpt, load_mod_gpt_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mod_gpt_v0"
 REFERENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -188,6 +188,16 @@ def test_a_config_with_a_value_of_the_wrong_type_is_a_value_error_naming_folder_
     (folder / "config.json").write_text(json.dumps({**config, "head_dropout": "lots"}))
     with pytest.raises(ValueError, match=r"model'?: config.json is not a valid MOD-GPT config.*head_dropout"):
         load_mod_gpt_config(str(folder))
+
+
+def test_a_mod_gpt_folder_is_told_by_its_config_and_a_broken_config_is_named(tmp_path):
+    assert is_mod_gpt_folder(str(FIXTURE))
+    assert not is_mod_gpt_folder(None) and not is_mod_gpt_folder(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert not is_mod_gpt_folder(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "mod_gpt", ')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
+        is_mod_gpt_folder(str(tmp_path))
 
 
 def test_a_loaded_model_keeps_its_meme_encoder_frozen_as_configured(tmp_path):
