@@ -58,9 +58,10 @@ paper: install
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 $(BIN)/python -m mod_training.recipe --recipe recipes/mod_gpt \
 		--dataset $(DATA) --output_dir $(RUNS)
 
-# Every row at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
+# The CPU rows at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
-	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json
+	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json \
+		--rows training overhead memory generation evaluation release
 
 # Write the newest releases into the tested set (then run `make test demo` before committing it).
 lock:

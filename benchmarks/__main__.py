@@ -1,7 +1,7 @@
-"""Run the benchmark rows at one size, print the table and write it as JSON.
+"""Run the benchmark rows at one size on one device, print the table and write it as JSON.
 
-python -m benchmarks [--size tiny|base] [--repeats N] [--rows GROUP ...] [--threads N] [--output results.json]
-                     [--update]
+python -m benchmarks [--size tiny|base] [--device cpu|cuda] [--repeats N] [--rows GROUP ...] [--threads N]
+                     [--compile_backend NAME] [--peak_tflops N] [--output results.json] [--update]
 """
 
 import argparse
@@ -14,63 +14,44 @@ from pathlib import Path
 import torch
 import transformers
 
-from modeling_mod_gpt import MODGPTForMemeDialogue
-from processing_mod import MODProcessor
-
-from .evaluation import evaluation
-from .inference import generation, retrieval
-from .memory import peak_memory
+from .epoch import sample_batches
+from .inference import evaluation, generation
+from .memory import cpu_peak_memory, cuda_peak_memory
+from .precision import COMPARISONS, precision_rows
 from .release import release_build
 from .report import Row, earlier_records, markdown_table, write_json
-from .scaling import scaling_rows
 from .synthetic import SIZES, WORKLOADS, build_model, build_processor
-from .training import TrainingWork, data_pipeline, mod_vs_plain_gpt2, prepare, training_rows
+from .training import mod_vs_plain_gpt2, prepare, training_rows
 
 # Groups of rows in table order, and the keys of the rows each gives.
 ROW_KEYS = {
-    "training": ["training-per-response-bs1", "training-per-response-batched", "training-padding"],
+    "training": ["training-per-response-bs1", "training-per-response-batched"],
     "overhead": ["mod-vs-gpt2"],
-    "pipeline": ["data-pipeline"],
     "memory": ["memory"],
     "generation": ["generation-cache"],
     "evaluation": ["evaluation"],
-    "retrieval": ["retrieval"],
     "release": ["release-build"],
-    "scaling": ["scaling-training", "scaling-evaluation"],
+    "precision": [key for key, *_ in COMPARISONS] + ["precision-mfu"],
 }
 ORDER = [key for keys in ROW_KEYS.values() for key in keys]
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--size", choices=sorted(SIZES), default="tiny", help="model and workload size (default: tiny)"
-    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model and workload size")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per row, after one warm-up round")
-    parser.add_argument(
-        "--rows",
-        nargs="+",
-        choices=list(ROW_KEYS),
-        default=list(ROW_KEYS),
-        help="groups of rows to run (default: all)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=torch.get_num_threads(),
-        help="torch threads (default: torch's choice); on a machine shared with other work, 1 often runs faster",
-    )
+    parser.add_argument("--rows", nargs="+", choices=list(ROW_KEYS), default=list(ROW_KEYS), help="groups to run")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (shared CPU: 1)")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of the precision rows")
+    parser.add_argument("--peak_tflops", type=float, help="the device's dense bf16 peak, if not recognised")
     parser.add_argument("--output", type=Path, default=Path("benchmark_results.json"), help="JSON file to write")
-    parser.add_argument(
-        "--update",
-        action="store_true",
-        help="keep the rows of an existing --output file that this run does not measure",
-    )
+    parser.add_argument("--update", action="store_true", help="keep the rows of --output that this run does not run")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.update:
         try:
             earlier_records(args.output)  # checked now, not after an hour of measuring
@@ -79,45 +60,40 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def benchmarks(size_name: str, repeats: int) -> dict[str, Callable[[], list[Row]]]:
+def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
     """Each group's rows, computed on call; the model and the sampled training batches are built once, when needed."""
-    size, workload = SIZES[size_name], WORKLOADS[size_name]
+    size, workload, repeats = SIZES[args.size], WORKLOADS[args.size], args.repeats
 
     @functools.cache
-    def built() -> tuple[MODProcessor, MODGPTForMemeDialogue]:
-        processor = build_processor(size)
-        return processor, build_model(size, processor)
+    def processor():
+        return build_processor(size)
 
     @functools.cache
-    def work() -> TrainingWork:
-        return prepare(built()[1], built()[0], size, workload)
+    def model():
+        return build_model(size, processor()).to(args.device)
+
+    @functools.cache
+    def work():
+        return prepare(model(), processor(), size, workload)
+
+    def memory() -> list[Row]:
+        if args.device == "cuda":
+            return [cuda_peak_memory(model(), processor())]
+        return [cpu_peak_memory(args.size, torch.get_num_threads())]
+
+    def precision() -> list[Row]:
+        (windows,) = sample_batches(work().epoch, workload.precision_batch_size, 1)
+        return precision_rows(model(), processor(), windows, repeats, args.compile_backend, args.peak_tflops)
 
     return {
-        "training": lambda: training_rows(built()[1], work(), repeats),
-        "overhead": lambda: [mod_vs_plain_gpt2(built()[1], work().packed[0], repeats)],
-        "pipeline": lambda: [data_pipeline(built()[1], built()[0], work(), repeats)],
-        "memory": lambda: [peak_memory(size_name, torch.get_num_threads())],
-        "generation": lambda: [generation(built()[1], built()[0], repeats)],
-        "evaluation": lambda: [evaluation(built()[1], built()[0], workload, repeats)],
-        "retrieval": lambda: [retrieval(built()[1], repeats)],
+        "training": lambda: training_rows(model(), work(), repeats),
+        "overhead": lambda: [mod_vs_plain_gpt2(model(), work().packed[0], repeats)],
+        "memory": memory,
+        "generation": lambda: [generation(model(), processor(), repeats)],
+        "evaluation": lambda: [evaluation(model(), processor(), workload, repeats)],
         "release": lambda: [release_build(workload.release_fraction, repeats)],
-        "scaling": lambda: scaling_rows(workload, repeats),
+        "precision": precision,
     }
-
-
-def run(size_name: str, repeats: int, groups: list[str]) -> list[Row]:
-    every = benchmarks(size_name, repeats)
-    chosen = [group for group in ROW_KEYS if group in groups]
-    rows = []
-    for number, group in enumerate(chosen, start=1):
-        started = time.perf_counter()
-        rows += every[group]()
-        progress(f"[{number}/{len(chosen)}] {group}: {time.perf_counter() - started:.1f} s")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,11 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    rows = run(args.size, args.repeats, args.rows)
-    command = " ".join(["python -m benchmarks", *argv])
-    written = write_json(args.output, rows, args.size, args.repeats, command, ORDER, args.update)
+    every, chosen, rows = benchmarks(args), [group for group in ROW_KEYS if group in args.rows], []
+    for number, group in enumerate(chosen, start=1):
+        started = time.perf_counter()
+        rows += every[group]()
+        print(f"[{number}/{len(chosen)}] {group}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    header = {
+        "command": " ".join(["python -m benchmarks", *argv]),
+        "size": args.size,
+        "repeats": args.repeats,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({args.threads} threads)",
+    }
+    written = write_json(args.output, rows, header, ORDER, args.update)
     print(markdown_table(written))
-    progress(f"wrote {args.output}")
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

@@ -16,16 +16,23 @@ import json
 import pstats
 import sys
 import time
+from pathlib import Path
 
 import datasets
 
 from mod_dataset import expected_counts
 from mod_dataset.__main__ import main as mod_dataset_main
 
-from .resident import memory_status_mib
-
 CONFIGS = ("dialogues", "memes", "response", "retrieval", "emotion")
 PROFILE_LINES = 25
+
+
+def memory_status_mib(field: str) -> float:
+    """A memory field of `/proc/self/status` (`VmRSS`, `VmHWM`: the resident set and its peak), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field} line.")
 
 
 def build(raw_dir: str, out_dir: str, profile: bool = False) -> dict:

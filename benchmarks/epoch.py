@@ -7,11 +7,9 @@ from mod_training.data import LengthGroupedBatchSampler
 from modeling_mod_gpt import IGNORE_INDEX
 from processing_mod import MODProcessor
 
-from .packing import pack_rows
 from .synthetic import MAX_LENGTH
 
 Encoding = dict[str, list]
-PACKING_GROUP = 50  # windows are packed into rows within groups of this many batches, as the sampler sorts them
 
 
 @dataclass
@@ -31,16 +29,10 @@ class Window:
         starts = [i for i, token in enumerate(self.encoding["input_ids"]) if token in speaker_ids] + [self.length]
         return starts[len(starts) - len(self.responses) :]
 
-    @property
-    def labelled_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.encoding["labels"])
-
 
 def response_slices(processor: MODProcessor, windows: list[Encoding]) -> list[list[tuple[int, int]]]:
-    """
-    For each window of one dialogue (in `encode_windows` order), the turns `(start, stop)` of the per-response view of
-    each response it labels: the window's context and new turns up to that response, which the window holds as well.
-    """
+    """For each window of one dialogue (in `encode_windows` order), the turns `(start, stop)` of the per-response view
+    of each response it labels: the window's context and new turns up to that response, which the window holds."""
     speakers = {processor.token_ids["[speaker1]"], processor.token_ids["[speaker2]"]}
     tag = processor.token_ids["[TAG]"]
     slices, end = [], 0
@@ -74,20 +66,15 @@ def response_examples(processor: MODProcessor, dialogues: list[list[dict]], wind
 
 
 def train_batches(lengths: list[int], batch_size: int, seed: int = 0) -> list[list[int]]:
-    """
-    `train.py`'s length-grouped batches of one epoch, and the windows its sampler leaves out (fewer than a batch) as
-    one more batch, so that every window is counted.
-    """
+    """`train.py`'s length-grouped batches of an epoch, and one more of the windows its sampler leaves out."""
     batches = list(LengthGroupedBatchSampler(lengths, batch_size, seed))
     left_out = sorted(set(range(len(lengths))) - {index for batch in batches for index in batch})
     return batches + [left_out] if left_out else batches
 
 
 def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """
-    Batches of the per-response examples as a length-grouping trainer makes them, at a batch size in tokens: longest
-    first, each batch taking examples while its padded size (examples x longest) stays within `budget`.
-    """
+    """Batches as a length-grouping trainer makes them at a batch size in tokens: longest first, each batch taking
+    examples while its padded size (examples x longest) stays within `budget`."""
     batches: list[list[int]] = []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if not batches or (len(batches[-1]) + 1) * lengths[batches[-1][0]] > budget:
@@ -101,35 +88,14 @@ def padded_tokens(lengths: list[int], batches: list[list[int]]) -> int:
     return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
 
 
-def padding_free_row_lengths(
-    lengths: list[int], batch_size: int, rows_per_batch: int, seed: int = 0
-) -> list[list[int]]:
-    """
-    The epoch's windows packed into rows of up to `MAX_LENGTH` tokens within groups of `PACKING_GROUP` batches of
-    `train.py`'s shuffled order, `rows_per_batch` rows a batch. Returns, per batch, the lengths of its rows.
-    """
-    order = [i for batch in train_batches(lengths, batch_size, seed) for i in batch]
-    group = PACKING_GROUP * batch_size
-    row_lengths = []
-    for start in range(0, len(order), group):
-        members = order[start : start + group]
-        rows = pack_rows([lengths[i] for i in members], MAX_LENGTH)
-        row_lengths += [sum(lengths[members[i]] for i in row) for row in rows]
-    return [row_lengths[start : start + rows_per_batch] for start in range(0, len(row_lengths), rows_per_batch)]
-
-
 @dataclass
 class EpochCounts:
-    """Tokens computed per labelled token over one epoch, by way of batching, and the batch size in tokens."""
+    """Tokens computed per labelled token over one epoch by each way of batching, the batch size in tokens of
+    `train.py`'s batches, and padding's share of what they compute."""
 
-    labelled: int
-    computed: dict[str, int]
+    per_labelled: dict[str, float]
     batch_tokens: int
-    padding_free_padding: float  # padding's share of the tokens padding-free rows compute
-    padded_padding: float  # the same for `train.py`'s padded batches
-
-    def per_labelled(self, way: str) -> float:
-        return self.computed[way] / self.labelled
+    padding: float
 
 
 def count_epoch(windows: list[Window], speaker_ids: set[int], batch_size: int) -> EpochCounts:
@@ -139,22 +105,14 @@ def count_epoch(windows: list[Window], speaker_ids: set[int], batch_size: int) -
     packed = padded_tokens(lengths, batches)
     batch_tokens = round(packed / len(batches))
     responses = [length for window in windows for length in window.response_lengths(speaker_ids)]
-    rows_per_batch = max(1, round(batch_tokens / MAX_LENGTH))
-    rows = padding_free_row_lengths(lengths, batch_size, rows_per_batch)
-    padding_free = sum(len(batch) * max(batch) for batch in rows)
-    real = sum(lengths)
-    return EpochCounts(
-        labelled=sum(window.labelled_tokens for window in windows),
-        computed={
-            "per-response, batch size 1": sum(responses),
-            "per-response, batched": padded_tokens(responses, token_budget_batches(responses, batch_tokens)),
-            "packed windows": packed,
-            "padding-free rows": padding_free,
-        },
-        batch_tokens=batch_tokens,
-        padding_free_padding=1 - real / padding_free,
-        padded_padding=1 - real / packed,
-    )
+    computed = {
+        "per-response, batch size 1": sum(responses),
+        "per-response, batched": padded_tokens(responses, token_budget_batches(responses, batch_tokens)),
+        "packed windows": packed,
+    }
+    labelled = sum(label != IGNORE_INDEX for window in windows for label in window.encoding["labels"])
+    per_labelled = {way: tokens / labelled for way, tokens in computed.items()}
+    return EpochCounts(per_labelled, batch_tokens, padding=1 - sum(lengths) / packed)
 
 
 def sample_batches(windows: list[Window], batch_size: int, count: int) -> list[list[Window]]:

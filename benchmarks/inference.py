@@ -1,107 +1,138 @@
-"""Inference rows: generation with and without the KV cache, and meme retrieval over a large bank."""
+"""Inference rows: greedy generation with the KV cache against without it, and evaluation, `evaluate_mod.py`'s
+response generation (batches by prompt length, KV cache) against the official inference's way (one instance at a
+time, the whole sequence re-run for every new token) on paper-profile validation instances."""
 
+import contextlib
+import io
 import random
+from collections.abc import Iterator
 
 import torch
 
+import evaluate_mod
 from modeling_mod_gpt import MODGPTForMemeDialogue
 from pipeline_mod import encode_dialogues
 from processing_mod import MODProcessor
 
-from .report import Row
-from .synthetic import dialogue_of_length
-from .timing import Stats, interleaved
+from .report import Row, comparison_row
+from .synthetic import Workload, dialogue_of_length, validation_instances
+from .timing import Stats, interleaved, timed
 
-HISTORY_LENGTH = 200
-NEW_TOKENS = 32
-RETRIEVAL_BATCH = 64
+NEW_TOKENS = 32  # evaluate_mod.py's default --max_new_tokens
+HISTORY_LENGTH = 200  # the generation row's
+OFFICIAL_STRIDE = 4  # the one-at-a-time way runs on every 4th instance by prompt length
+GREEDY = {"do_sample": False, "top_p": None, "temperature": None, "min_new_tokens": NEW_TOKENS}
+
+
+def generate_replies(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict], batch_size: int) -> None:
+    """`evaluate_mod.py`'s response generation with its defaults, without its progress bar."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        evaluate_mod.generate_replies(model, processor, rows, batch_size, NEW_TOKENS, 0)
+
+
+@contextlib.contextmanager
+def replies_of_full_length(model: MODGPTForMemeDialogue) -> Iterator[None]:
+    """Every reply runs to `NEW_TOKENS` tokens: a random model ends its replies at random, and both sides must do the
+    same work (`generate_replies` keeps the generation config's `min_new_tokens`)."""
+    before = model.generation_config.min_new_tokens
+    model.generation_config.min_new_tokens = NEW_TOKENS
+    try:
+        yield
+    finally:
+        model.generation_config.min_new_tokens = before
+
+
+def prompt_inputs(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> dict:
+    histories = [row["history"] for row in rows]
+    return encode_dialogues(model, processor, histories, add_generation_prompt=True, max_new_tokens=NEW_TOKENS)
+
+
+def generate(model: MODGPTForMemeDialogue, prompt: dict, use_cache: bool, **decoding) -> torch.LongTensor:
+    """The new tokens `generate` gives after the prompt, with the model's decoding where `decoding` sets none."""
+    output = model.generate(**prompt, max_new_tokens=NEW_TOKENS, use_cache=use_cache, **decoding)
+    return output[:, prompt["input_ids"].shape[1] :]
+
+
+def computed_tokens(lengths: list[int], batches: list[list[int]] | None) -> int:
+    """Tokens the decoder runs to generate `NEW_TOKENS` for prompts of `lengths`: one at a time without cache, every
+    step re-runs the prompt and what was generated (`batches` None); in `batches` (lists of indices) with the cache,
+    each batch's prompts padded to the longest, then one token per row and step."""
+    if batches is None:
+        return sum(NEW_TOKENS * length + NEW_TOKENS * (NEW_TOKENS - 1) // 2 for length in lengths)
+    return sum(len(batch) * (max(lengths[i] for i in batch) + NEW_TOKENS - 1) for batch in batches)
 
 
 @torch.no_grad()
 def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: int, seed: int = 0) -> Row:
-    """Row 3: greedy `generate` of 32 tokens after a 200-token history, with the KV cache vs without it."""
+    """Greedy `generate` of 32 tokens after a 200-token history, with the KV cache vs without it."""
     dialogue = dialogue_of_length(random.Random(seed), HISTORY_LENGTH, generation_prompt=True)
     prompt = encode_dialogues(model, processor, [dialogue], add_generation_prompt=True)
     model.eval()
     outputs: dict[bool, torch.Tensor] = {}
 
-    def generate(use_cache: bool) -> None:
-        outputs[use_cache] = model.generate(
-            **prompt,
-            do_sample=False,
-            top_p=None,
-            temperature=None,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            use_cache=use_cache,
-        )
+    def greedy(use_cache: bool) -> None:
+        outputs[use_cache] = generate(model, prompt, use_cache, **GREEDY)
 
-    times = interleaved({"no cache": lambda: generate(False), "cache": lambda: generate(True)}, repeats)
-    same = torch.equal(outputs[True], outputs[False])
-    new_tokens = outputs[True].shape[1] - prompt["input_ids"].shape[1]
-    return Row(
-        key="generation-cache",
-        title=f"Generation: {NEW_TOKENS} greedy tokens after a {HISTORY_LENGTH}-token history, KV cache vs none",
-        unit="ms",
-        a_name="use_cache=False",
-        a=Stats.of(times["no cache"]).scaled(1000),
-        b_name="use_cache=True",
-        b=Stats.of(times["cache"]).scaled(1000),
-        ratio_name="speed-up",
-        ratio=Stats.of_ratios(times["no cache"], times["cache"]),
+    times = interleaved({"no cache": lambda: greedy(False), "cache": lambda: greedy(True)}, repeats)
+    same, new_tokens = torch.equal(outputs[True], outputs[False]), outputs[True].shape[1]
+    return comparison_row(
+        "generation-cache",
+        f"Generation: {NEW_TOKENS} greedy tokens after a {HISTORY_LENGTH}-token history, KV cache vs none",
+        ("use_cache=False", times["no cache"]),
+        ("use_cache=True", times["cache"]),
         targets={"ratio": (">=", 3.0)},
-        checks_passed=same and new_tokens == NEW_TOKENS,
         notes=[f"{new_tokens} new tokens, {'identical' if same else 'DIFFERENT'} with and without the cache"],
+        checks_passed=same and new_tokens == NEW_TOKENS,
     )
-
-
-def loop_retrieval(predictions: torch.Tensor, bank: torch.Tensor, bank_ids: list[str]) -> list[list[str]]:
-    """One candidate at a time (its L2 distance to every prediction), then a Python sort per prediction."""
-    distances = torch.stack([torch.linalg.vector_norm(predictions - candidate, dim=-1) for candidate in bank], 1)
-    return [
-        [bank_ids[index] for index in sorted(range(len(bank_ids)), key=row.__getitem__)] for row in distances.tolist()
-    ]
 
 
 @torch.no_grad()
-def retrieval(model: MODGPTForMemeDialogue, repeats: int, seed: int = 0) -> Row:
-    """Row 4: ranking the whole meme bank for a batch of 64 predicted `[TAG]` features, loop vs vectorised."""
-    bank, bank_ids = model.meme_bank.features, model.meme_bank.ids
-    generator = torch.Generator().manual_seed(seed)
-    predictions = torch.randn(RETRIEVAL_BATCH, bank.shape[1], generator=generator)
-    ranked: dict[str, list[list[str]]] = {}
+def evaluation(model: MODGPTForMemeDialogue, processor: MODProcessor, workload: Workload, repeats: int) -> Row:
+    """
+    Seconds per response of `evaluate_mod.generate_replies` on every instance, `repeats` times, against the official
+    way, whose every response is `NEW_TOKENS` forward passes: run once, on every `OFFICIAL_STRIDE`-th instance in
+    order of prompt length (the same spread of lengths).
+    """
+    model.eval()
+    rows = validation_instances(workload.eval_instances)
+    batch_size, budget = workload.eval_batch_size, evaluate_mod.MAX_BATCH_TOKENS
+    lengths = evaluate_mod.prompt_lengths(model, processor, rows, NEW_TOKENS)
+    by_length = [rows[i] for i in sorted(range(len(rows)), key=lengths.__getitem__)]
+    official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
+    batches = evaluate_mod.length_batches(lengths, batch_size, budget)
 
-    def loop() -> None:
-        ranked["loop"] = loop_retrieval(predictions, bank, bank_ids)
+    def one_at_a_time() -> None:
+        for row in official_rows:
+            generate(model, prompt_inputs(model, processor, [row]), use_cache=False)
 
-    def vectorised() -> None:
-        ranked["model"] = [ranking.meme_ids for ranking in model.meme_bank.rank(predictions)]
+    def prompt_passes() -> None:  # what `generate` starts each batch with: the LM head on the last position only
+        for batch in batches:
+            model(**prompt_inputs(model, processor, [rows[i] for i in batch]), logits_to_keep=1)
 
-    times = interleaved(
-        {
-            "loop": loop,
-            "retrieve_memes": vectorised,
-            "meme_distances": lambda: model.meme_bank.distances(predictions, bank),
-            "cdist": lambda: torch.cdist(predictions, bank),
-        },
-        repeats,
-    )
-    same_top = sum(by_loop[0] == by_model[0] for by_loop, by_model in zip(ranked["loop"], ranked["model"]))
-    milliseconds = {name: Stats.of(values).median * 1000 for name, values in times.items()}
-    return Row(
-        key="retrieval",
-        title=f"Meme retrieval: {RETRIEVAL_BATCH} predictions x {len(bank_ids):,} memes, ranked",
-        unit="ms",
-        a_name="per-candidate loop",
-        a=Stats.of(times["loop"]).scaled(1000),
-        b_name="retrieve_memes",
-        b=Stats.of(times["retrieve_memes"]).scaled(1000),
-        ratio_name="speed-up",
-        ratio=Stats.of_ratios(times["loop"], times["retrieve_memes"]),
-        checks_passed=same_top == RETRIEVAL_BATCH,
+    torch.manual_seed(0)
+    with replies_of_full_length(model):
+        official = timed(one_at_a_time) / len(official_rows)
+        times = interleaved({"evaluate_mod": lambda: generate_replies(model, processor, rows, batch_size)}, repeats)
+    seconds = [value / len(rows) for value in times["evaluate_mod"]]
+    prompts = timed(prompt_passes) / len(rows)
+    sizes = [len(batch) for batch in batches]
+    return comparison_row(
+        "evaluation",
+        f"Evaluation: response generation, evaluate_mod.py (batches by prompt length, at most {batch_size} rows "
+        f"and {budget:,} padded prompt tokens, KV cache) vs one instance at a time without cache (the official "
+        f"inference), {NEW_TOKENS} sampled tokens",
+        ("one at a time", [official] * len(seconds)),
+        ("evaluate_mod", seconds),
+        unit="responses/s",
+        work=1,
+        targets={"ratio": (">=", 20.0)},
         notes=[
-            f"of retrieve_memes, meme_distances takes {milliseconds['meme_distances']:,.1f} ms; "
-            f"torch.cdist on the same inputs {milliseconds['cdist']:,.1f} ms; "
-            f"same nearest meme as the loop for {same_top}/{RETRIEVAL_BATCH}"
+            f"{len(rows)} paper-profile validation instances, prompts of {min(lengths)}-{max(lengths)} tokens (mean "
+            f"{sum(lengths) / len(rows):.0f}); one at a time: {len(official_rows)} of them, every "
+            f"{OFFICIAL_STRIDE}th by prompt length, run once ({official:.2f} s a response)",
+            f"evaluate_mod: {len(sizes)} batches of {min(sizes)}-{max(sizes)} rows; counting the tokens the decoder "
+            f"runs, a speed-up of at most {computed_tokens(lengths, None) / computed_tokens(lengths, batches):.1f}; "
+            f"its prompt passes take {prompts * 1000:.0f} ms a response "
+            f"({100 * prompts / Stats.of(seconds).median:.0f}% of its time)",
         ],
     )

@@ -1,14 +1,12 @@
-"""Peak memory of training steps with and without gradient checkpointing, each in a fresh process.
-
-The figure is the process's resident-set high-water mark (see `resident`), reset after setup. Run alone it measures
-one variant: `python -m benchmarks.memory --size base [--gradient_checkpointing]` prints a JSON line.
+"""Peak memory of training steps with and without gradient checkpointing: on a CPU, the resident-set high-water mark
+(`VmHWM`, reset after setup) of a fresh process per variant, as torch keeps no CPU allocator statistics and
+`ru_maxrss` carries the launching process's mark over fork and exec; on a GPU, `torch.cuda.max_memory_allocated`.
+Run alone it measures one CPU variant: `python -m benchmarks.memory --size base [--gradient_checkpointing]`.
 """
 
 import argparse
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -16,68 +14,85 @@ import torch
 from modeling_mod_gpt import MODGPTForMemeDialogue
 from processing_mod import MODProcessor
 
+from .dataset_build import memory_status_mib  # a module without torch, so that the build's child can read it too
 from .report import Row
-from .resident import memory_status_mib, reset_peak_rss
-from .steps import Batch, model_inputs, training_step
 from .synthetic import SIZES, build_model, build_processor, dialogue_of_length
-from .timing import Stats
+from .timing import Stats, run_child
+from .training import Batch, to_device, training_step
 
 BATCH_SIZE = 8
 SEQUENCE_LENGTH = 256
 STEPS = 2  # the second step holds the optimizer state as well as the activations and gradients
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def memory_batch(model: MODGPTForMemeDialogue, processor: MODProcessor, seed: int = 0) -> Batch:
-    """8 dialogues of exactly 256 tokens, their memes' features looked up."""
+    """8 dialogues of exactly 256 tokens, their memes' features looked up, on the model's device."""
     rng = random.Random(seed)
-    dialogues = [dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)]
-    return model_inputs(model, processor(dialogues, label_turns="all"))
+    inputs = dict(processor([dialogue_of_length(rng, SEQUENCE_LENGTH) for _ in range(BATCH_SIZE)], label_turns="all"))
+    meme_ids = inputs.pop("meme_ids")
+    if meme_ids:
+        inputs["meme_features"] = model.meme_bank.lookup(meme_ids)
+    return to_device(inputs, model.device)
+
+
+def training_steps(model: MODGPTForMemeDialogue, batch: Batch, gradient_checkpointing: bool) -> None:
+    """`STEPS` AdamW steps, under bf16 autocast on a GPU; the model is left without gradient checkpointing."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    step = training_step(model.train())
+    for _ in range(STEPS):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.device.type == "cuda"):
+            step(batch)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_disable()
 
 
 def measure(size_name: str, gradient_checkpointing: bool, threads: int) -> dict[str, float]:
-    """Resident memory before, and its peak during, `STEPS` training steps on 8 x 256 tokens."""
+    """Resident memory before, and its peak during, the training steps on 8 x 256 tokens (in the calling process)."""
     torch.set_num_threads(threads)
     size = SIZES[size_name]
     processor = build_processor(size)
-    model = build_model(size, processor).train()
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = build_model(size, processor)
     batch = memory_batch(model, processor)
-    step = training_step(model)
     before = memory_status_mib("VmRSS")
-    reset_peak_rss()
-    for _ in range(STEPS):
-        step(batch)
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size to the current one
+    training_steps(model, batch, gradient_checkpointing)
     return {"before_mib": before, "peak_mib": memory_status_mib("VmHWM")}
 
 
-def measure_in_subprocess(size_name: str, gradient_checkpointing: bool, threads: int) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.memory", "--size", size_name, "--threads", str(threads)]
-    if gradient_checkpointing:
-        command.append("--gradient_checkpointing")
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+def memory_row(without: float, with_checkpointing: float, note: str) -> Row:
+    title = f"Peak memory of training steps ({BATCH_SIZE} x {SEQUENCE_LENGTH} tokens), gradient checkpointing"
+    a, b, fraction = (Stats.of([value]) for value in (without, with_checkpointing, with_checkpointing / without))
+    return Row("memory", title, "MiB", "without", a, "with", b, "fraction", fraction, notes=[note])
 
 
-def peak_memory(size_name: str, threads: int) -> Row:
-    plain = measure_in_subprocess(size_name, gradient_checkpointing=False, threads=threads)
-    checkpointed = measure_in_subprocess(size_name, gradient_checkpointing=True, threads=threads)
-    return Row(
-        key="memory",
-        title=f"Peak memory of training steps ({BATCH_SIZE} x {SEQUENCE_LENGTH} tokens), gradient checkpointing",
-        unit="MiB",
-        a_name="without",
-        a=Stats.of([plain["peak_mib"]]),
-        b_name="with",
-        b=Stats.of([checkpointed["peak_mib"]]),
-        ratio_name="fraction",
-        ratio=Stats.of([checkpointed["peak_mib"] / plain["peak_mib"]]),
-        notes=[
-            f"peak resident memory (VmHWM) of a fresh process per variant over {STEPS} AdamW steps; above the "
-            f"memory before them (model, bank, batch): {plain['peak_mib'] - plain['before_mib']:,.0f} MiB without, "
-            f"{checkpointed['peak_mib'] - checkpointed['before_mib']:,.0f} MiB with checkpointing"
-        ],
+def cpu_peak_memory(size_name: str, threads: int) -> Row:
+    arguments = ["--size", size_name, "--threads", str(threads)]
+    plain, _ = run_child("benchmarks.memory", *arguments)
+    checkpointed, _ = run_child("benchmarks.memory", *arguments, "--gradient_checkpointing")
+    return memory_row(
+        plain["peak_mib"],
+        checkpointed["peak_mib"],
+        f"peak resident memory (VmHWM) of a fresh process per variant over {STEPS} AdamW steps; above the memory "
+        f"before them (model, bank, batch): {plain['peak_mib'] - plain['before_mib']:,.0f} MiB without, "
+        f"{checkpointed['peak_mib'] - checkpointed['before_mib']:,.0f} MiB with checkpointing",
+    )
+
+
+def cuda_peak(model: MODGPTForMemeDialogue, batch: Batch, gradient_checkpointing: bool) -> float:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(model.device)
+    training_steps(model, batch, gradient_checkpointing)
+    return torch.cuda.max_memory_allocated(model.device) / 2**20
+
+
+def cuda_peak_memory(model: MODGPTForMemeDialogue, processor: MODProcessor) -> Row:
+    batch = memory_batch(model, processor)
+    peaks = [cuda_peak(model, batch, gradient_checkpointing) for gradient_checkpointing in (False, True)]
+    return memory_row(
+        *peaks,
+        f"torch.cuda.max_memory_allocated over {STEPS} AdamW steps under bf16 autocast, the model and its optimizer "
+        "state included",
     )
 
 

@@ -1,10 +1,7 @@
 """Release row: wall time and peak memory of `python -m mod_dataset build` on a paper-profile release, then the time
 of `datasets.load_dataset` on what it built, each in a fresh process (`benchmarks.dataset_build`)."""
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,24 +10,11 @@ from mod_dataset.sample import PAPER_PROFILE, make_profile_release
 
 from .dataset_build import CONFIGS
 from .report import Row
-from .timing import Stats
+from .timing import Stats, run_child
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_TARGET_S = 120.0
 MEMORY_TARGET_MIB = 2048.0
-
-
-def run_child(*arguments: str, environment: dict[str, str] | None = None) -> tuple[dict, float]:
-    """A child's JSON line and its wall time in seconds."""
-    command = [sys.executable, "-m", "benchmarks.dataset_build", *arguments]
-    start = time.perf_counter()
-    completed = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, **(environment or {})}
-    )
-    seconds = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1]), seconds
+CHILD = "benchmarks.dataset_build"
 
 
 def release_build(fraction: float, repeats: int) -> Row:
@@ -42,9 +26,9 @@ def release_build(fraction: float, repeats: int) -> Row:
         builds, loads = [], []
         for round_index in range(repeats):
             out, cache = Path(folder) / "built", Path(folder) / f"cache-{round_index}"
-            built, seconds = run_child("build", str(raw), str(out))
+            built, seconds = run_child(CHILD, "build", str(raw), str(out))
             builds.append({**built, "seconds": seconds})
-            loads.append(run_child("load", str(out), environment={"HF_DATASETS_CACHE": str(cache)})[0])
+            loads.append(run_child(CHILD, "load", str(out), environment={"HF_DATASETS_CACHE": str(cache)})[0])
         sizes = PAPER_PROFILE.split_sizes(fraction)
     build_seconds = [item["seconds"] for item in builds]
     return Row(

@@ -1,6 +1,7 @@
-"""Benchmark rows, their markdown table, and the JSON written with the machine they ran on."""
+"""Benchmark rows, the one way timed rows are made, their markdown table, and the JSON written with the machine."""
 
 import json
+import operator
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -13,15 +14,13 @@ import transformers
 from .timing import Stats
 
 FIGURES = ("a", "b", "ratio")
+Side = tuple[str, list[float]]  # a side's name and its seconds per round
 
 
 @dataclass
 class Row:
-    """
-    Two sides measured in turn (A: the baseline's way or the reference, B: ours) and a figure derived from each pair
-    (a ratio, or another figure of the pair with its own unit). `targets` bounds any of the three figures ("a", "b",
-    "ratio") with an operator (">=" or "<=") and a bound.
-    """
+    """Two sides measured in turn (A: the baseline's way or the reference, B: ours) and a figure of each pair (a ratio,
+    or another with its own unit); `targets` bound any of the figures `FIGURES` (">=" or "<=" a bound)."""
 
     key: str
     title: str
@@ -44,22 +43,33 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        """Whether every target's median reaches its bound and the row's correctness checks passed."""
+        """Whether every target's median reaches its bound and the row's checks passed; None without targets."""
         if not self.targets:
             return None
+        compare = {">=": operator.ge, "<=": operator.le}
         reached = [
-            getattr(self, figure).median >= bound if operator == ">=" else getattr(self, figure).median <= bound
-            for figure, (operator, bound) in self.targets.items()
+            compare[sign](getattr(self, figure).median, bound) for figure, (sign, bound) in self.targets.items()
         ]
         return all(reached) and self.checks_passed
 
-    def figure_label(self, figure: str) -> tuple[str, str]:
-        """The name and unit under which a figure is shown."""
-        return {
-            "a": (self.a_name, self.unit),
-            "b": (self.b_name, self.unit),
-            "ratio": (self.ratio_name, self.ratio_unit),
-        }[figure]
+
+def comparison_row(
+    key: str, title: str, a: Side, b: Side, unit: str = "ms", work: float | None = None, ratio: str = "speed-up", **row
+) -> Row:
+    """
+    A row comparing two sides timed in turn, each given as (name, seconds per round): shown as times in `unit` (ms or
+    s) or, given the `work` one timed call does (responses, tokens), as rates `work / seconds` in `unit`. The ratio
+    is taken round by round: a `speed-up` is A's seconds over B's, a `time ratio` B's over A's. `row`: more fields.
+    """
+    (a_name, a_seconds), (b_name, b_seconds) = a, b
+
+    def figures(seconds: list[float]) -> Stats:
+        scale = {"ms": 1000, "s": 1}
+        return Stats.of([work / value if work is not None else value * scale[unit] for value in seconds])
+
+    pairs = zip(a_seconds, b_seconds) if ratio == "speed-up" else zip(b_seconds, a_seconds)
+    ratios = Stats.of([numerator / denominator for numerator, denominator in pairs])
+    return Row(key, title, unit, a_name, figures(a_seconds), b_name, figures(b_seconds), ratio, ratios, **row)
 
 
 def number(value: float) -> str:
@@ -67,36 +77,27 @@ def number(value: float) -> str:
 
 
 def spread(stats: Stats, unit: str = "") -> str:
-    suffix = f" {unit}" if unit else ""
-    return f"{number(stats.median)}{suffix} [{number(stats.low)}–{number(stats.high)}]"
-
-
-def verdict(row: Row) -> str:
-    return {None: "–", True: "yes", False: "**no**"}[row.met]
+    return f"{number(stats.median)}{f' {unit}' if unit else ''} [{number(stats.low)}–{number(stats.high)}]"
 
 
 def target_text(row: Row) -> str:
     """A ratio's target as `>= 5`, another figure's with its name and unit: `build <= 120 s`."""
+    labels = {"a": (row.a_name, row.unit), "b": (row.b_name, row.unit), "ratio": (row.ratio_name, row.ratio_unit)}
     parts = []
-    for figure, (operator, bound) in row.targets.items():
-        name, unit = row.figure_label(figure)
-        bound_text = f"{bound:,g}" + (f" {unit}" if unit else "")
-        parts.append(
-            f"{operator} {bound_text}" if figure == "ratio" and not unit else f"{name} {operator} {bound_text}"
-        )
+    for figure, (sign, bound) in row.targets.items():
+        name, unit = labels[figure]
+        bound_text = f"{sign} {bound:,g}" + (f" {unit}" if unit else "")
+        parts.append(bound_text if figure == "ratio" and not unit else f"{name} {bound_text}")
     return "; ".join(parts) or "–"
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = [
-        "| # | benchmark | A | B | ratio | target | met |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| # | benchmark | A | B | ratio | target | met |", "|---|---|---|---|---|---|---|"]
     for index, row in enumerate(rows, start=1):
         lines.append(
             f"| {index} | {row.title} | {row.a_name}: {spread(row.a, row.unit)} | "
             f"{row.b_name}: {spread(row.b, row.unit)} | {row.ratio_name} {spread(row.ratio, row.ratio_unit)} | "
-            f"{target_text(row)} | {verdict(row)} |"
+            f"{target_text(row)} | {({None: '–', True: 'yes', False: '**no**'})[row.met]} |"
         )
     notes = [f"{index}. {'; '.join(row.notes)}" for index, row in enumerate(rows, start=1) if row.notes]
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -104,11 +105,9 @@ def markdown_table(rows: list[Row]) -> str:
 
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, str | int]:
@@ -123,17 +122,11 @@ def machine() -> dict[str, str | int]:
     }
 
 
-def row_record(row: Row, command: str, date: str) -> dict:
-    """A row as JSON, with the command and date of the run that measured it."""
-    return dict(asdict(row), met=row.met, command=command, date=date)
-
-
 def row_from_record(record: dict) -> Row:
     fields = {key: value for key, value in record.items() if key not in ("met", "command", "date")}
-    for figure in FIGURES:
-        fields[figure] = Stats(**fields[figure])
-    fields["targets"] = {figure: tuple(target) for figure, target in fields["targets"].items()}
-    return Row(**fields)
+    stats = {figure: Stats(**fields[figure]) for figure in FIGURES}
+    targets = {figure: tuple(target) for figure, target in fields["targets"].items()}
+    return Row(**{**fields, **stats, "targets": targets})
 
 
 def earlier_records(path: Path) -> dict[str, dict]:
@@ -149,42 +142,17 @@ def earlier_records(path: Path) -> dict[str, dict]:
         ) from error
 
 
-def merged_records(path: Path, records: list[dict], order: list[str]) -> list[dict]:
-    """The rows of an earlier results file at `path`, with those measured now in their place, in `order` of keys."""
-    by_key = {**earlier_records(path), **{record["key"]: record for record in records}}
-    return [by_key[key] for key in order if key in by_key] + [
-        record for key, record in by_key.items() if key not in order
-    ]
-
-
-def write_json(
-    path: Path,
-    rows: list[Row],
-    size: str,
-    repeats: int,
-    command: str,
-    order: list[str],
-    update: bool = False,
-    extra: dict | None = None,
-) -> list[Row]:
-    """
-    Write the results, with `extra` entries at the top level; with `update`, rows of `path` not measured now are kept.
-    Returns the rows written.
-    """
+def write_json(path: Path, rows: list[Row], header: dict, order: list[str], update: bool = False) -> list[Row]:
+    """Write the `header` (with the `command`), the machine and the rows, each with this run's command and date; with
+    `update`, the rows of `path` not measured now are kept, all in `order` of keys. Returns the rows written."""
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    records = [row_record(row, command, date) for row in rows]
+    records = [dict(asdict(row), met=row.met, command=header["command"], date=date) for row in rows]
     if update:
-        records = merged_records(path, records, order)
+        by_key = {**earlier_records(path), **{record["key"]: record for record in records}}
+        records = sorted(
+            by_key.values(), key=lambda record: order.index(record["key"]) if record["key"] in order else len(order)
+        )
     written = [row_from_record(record) for record in records]
-    results = {
-        "command": command,
-        "size": size,
-        "repeats": repeats,
-        "date": date,
-        "machine": machine(),
-        **(extra or {}),
-        "rows": records,
-        "table": markdown_table(written),
-    }
+    results = {**header, "date": date, "machine": machine(), "rows": records, "table": markdown_table(written)}
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return written

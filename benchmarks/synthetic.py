@@ -1,5 +1,4 @@
-"""Deterministic synthetic data and random-init models: dialogues with the paper's profile, a large meme bank, and
-how much work each row does at each size."""
+"""Synthetic dialogues with the paper's profile, random-init models with a large meme bank, and each size's work."""
 
 import functools
 import random
@@ -26,10 +25,7 @@ MAX_LENGTH = 500  # the paper's, and the processor's default: the longest traini
 
 @dataclass(frozen=True)
 class Size:
-    """
-    A decoder size, its vocabulary (None: the processor's), its meme encoder and meme bank, and how many windows its
-    training batches hold (`train.py`'s batch).
-    """
+    """A decoder, its vocabulary (None: the processor's), meme encoder and bank, and `train.py`'s batch in windows."""
 
     decoder: dict[str, int]
     vocab_size: int | None
@@ -38,11 +34,6 @@ class Size:
     bank_size: int
     batch_size: int
 
-    @property
-    def meme_ids(self) -> list[str]:
-        """ "000", "001", ...: the paper profile's 307 memes first, the rest making the bank large."""
-        return [meme_id(index) for index in range(self.bank_size)]
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -50,31 +41,19 @@ class Workload:
 
     epoch_fraction: float  # the training epoch whose batches the training rows sample and whose padding they count
     training_batches: int  # epoch batches timed side by side in the training rows
+    precision_batch_size: int  # windows in the batch of the precision rows
     eval_instances: int  # validation task-1 instances generated for in the evaluation row
     eval_batch_size: int
     release_fraction: float  # the release built by `python -m mod_dataset build`
-    scaling_fraction: float  # "full size" of the scaling rows, measured at 1/8, 1/4, 1/2 and 1 of it
-    scaling_samples: int  # training steps and generation batches timed per fraction
 
 
+TINY_DECODER = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 513}
+BASE_DECODER = {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 513}
 SIZES = {
-    "tiny": Size(
-        {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 513}, None, "test_efficientnet", 256, 1_000, 2
-    ),
-    "base": Size(
-        {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 513},
-        CDIAL_GPT_VOCAB,
-        "efficientnet_b0",
-        1280,
-        10_000,
-        4,
-    ),
+    "tiny": Size(TINY_DECODER, None, "test_efficientnet", 256, 1_000, 2),
+    "base": Size(BASE_DECODER, CDIAL_GPT_VOCAB, "efficientnet_b0", 1280, 10_000, 4),
 }
-WORKLOADS = {
-    "tiny": Workload(1 / 500, 1, 4, 2, 1 / 500, 1 / 500, 1),
-    "base": Workload(1 / 8, 1, 48, 32, 1.0, 1.0, 16),
-}
-SCALING_SIZE = "tiny"  # the model of the scaling rows, whatever the size of the run
+WORKLOADS = {"tiny": Workload(1 / 500, 1, 2, 4, 2, 1 / 500), "base": Workload(1 / 8, 1, 32, 48, 32, 1.0)}
 
 
 def sentence(rng: random.Random, length: int) -> str:
@@ -85,12 +64,9 @@ def sentence(rng: random.Random, length: int) -> str:
 
 def turn(rng: random.Random, index: int, text_length: int, with_meme: bool) -> dict:
     meme = meme_id(rng.randrange(PAPER_PROFILE.memes)) if with_meme else None
-    return {
-        "speaker": SPEAKERS[index % 2],
-        "text": sentence(rng, text_length),
-        "meme": meme,
-        "emotion": rng.randrange(NUM_EMOTIONS) if with_meme else None,
-    }
+    text = sentence(rng, text_length)
+    emotion = rng.randrange(NUM_EMOTIONS) if with_meme else None
+    return {"speaker": SPEAKERS[index % 2], "text": text, "meme": meme, "emotion": emotion}
 
 
 def dialogue_of_length(rng: random.Random, length: int, generation_prompt: bool = False) -> list[dict]:
@@ -109,8 +85,7 @@ def dialogue_of_length(rng: random.Random, length: int, generation_prompt: bool 
 
 @functools.lru_cache(maxsize=4)
 def paper_release(fraction: float, seed: int = 0) -> dict[str, list[list[dict]]]:
-    """The dialogues of each split (`train`, `val`, `test_easy`, `test_hard`) of a paper-profile release at `fraction`
-    of its size, as the processor takes them: the same dialogues as `make_profile_release(..., fraction, seed)`."""
+    """Each split's dialogues of `make_profile_release(..., fraction, seed)`, as the processor takes them."""
     splits = profile_dialogues(random.Random(seed), PAPER_PROFILE, fraction)
     return {split: [[to_turn(turn) for turn in turns] for turns in rows] for split, rows in splits.items()}
 
@@ -127,37 +102,28 @@ def build_processor(size: Size) -> MODProcessor:
 
 
 def build_model(size: Size, processor: MODProcessor, seed: int = 0) -> MODGPTForMemeDialogue:
-    """A random-init MOD-GPT with a bank of `size.bank_size` memes of random features."""
+    """A random-init MOD-GPT with a bank of `size.bank_size` memes of random features: "000", "001", ..., the paper
+    profile's 307 memes first."""
     torch.manual_seed(seed)
     special = processor.special_token_ids
-    decoder = {
-        "model_type": "gpt2",
-        "vocab_size": size.vocab_size or len(processor.tokenizer),
-        "bos_token_id": special["bos_token_id"],
-        "eos_token_id": special["eos_token_id"],
-        **size.decoder,
-    }
-    config = MODGPTConfig(
-        text_config=decoder,
-        meme_encoder_name=size.meme_encoder_name,
-        meme_feature_size=size.meme_feature_size,
-        num_emotions=NUM_EMOTIONS,
-        **special,
-    )
-    model = MODGPTForMemeDialogue(config)
-    model.add_memes(size.meme_ids, torch.randn(size.bank_size, size.meme_feature_size))
+    decoder = {"model_type": "gpt2", "vocab_size": size.vocab_size or len(processor.tokenizer), **size.decoder}
+    decoder.update(bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"])
+    encoder = {"meme_encoder_name": size.meme_encoder_name, "meme_feature_size": size.meme_feature_size}
+    model = MODGPTForMemeDialogue(MODGPTConfig(text_config=decoder, num_emotions=NUM_EMOTIONS, **encoder, **special))
+    model.add_memes([meme_id(i) for i in range(size.bank_size)], torch.randn(size.bank_size, size.meme_feature_size))
     return model
 
 
-def response_instances(fraction: float, splits: tuple[str, ...] = ("val",), seed: int = 0) -> list[dict]:
+def validation_instances(count: int, seed: int = 0) -> list[dict]:
     """
-    Task-1 instances (`id`, `history`, `speaker`, `answer`) of paper-profile splits at `fraction` of their size, one per
-    dialogue, cut as the release's task files cut them (`history` in the processor's turn layout).
+    The first `count` task-1 instances (`id`, `history`, `speaker`, `answer`) of a paper-profile validation split, one
+    per dialogue, cut as the release's task files cut them (`history` in the processor's turn layout).
     """
     rng = random.Random(seed)
-    release = profile_dialogues(rng, PAPER_PROFILE, fraction)
-    every_meme = list(range(PAPER_PROFILE.memes))
-    instances = [instance for split in splits for instance in task_instances(release[split], rng, every_meme)["task1"]]
+    dialogues = profile_dialogues(rng, PAPER_PROFILE, min(1.0, 2 * count / PAPER_PROFILE.validation_dialogues))["val"]
+    instances = task_instances(dialogues, rng, list(range(PAPER_PROFILE.memes)))["task1"][:count]
+    if len(instances) < count:
+        raise ValueError(f"The paper-profile validation split gave {len(instances)} task-1 instances, not {count}.")
     return [
         {
             "id": f"instance {index}",  # evaluate_mod.py keys each reply's sampling by it
