@@ -31,6 +31,7 @@ ROW_KEYS = {
     "generation": ["generation-cache"],
     "evaluation": ["evaluation"],
     "release": ["release-build"],
+    "openai-gpt": ["generation-cache-openai-gpt", "evaluation-openai-gpt"],  # CDial-GPT's decoder
     "precision": [key for key, *_ in COMPARISONS] + ["precision-mfu"],
 }
 ORDER = [key for keys in ROW_KEYS.values() for key in keys]
@@ -73,6 +74,10 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
         return build_model(size, processor()).to(args.device)
 
     @functools.cache
+    def openai_gpt():
+        return build_model(size, processor(), decoder_type="openai-gpt").to(args.device)
+
+    @functools.cache
     def work():
         return prepare(model(), processor(), size, workload)
 
@@ -93,6 +98,10 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
         "evaluation": lambda: [evaluation(model(), processor(), workload, repeats)],
         "release": lambda: [release_build(workload.release_fraction, repeats)],
         "precision": precision,
+        "openai-gpt": lambda: [
+            generation(openai_gpt(), processor(), repeats),
+            evaluation(openai_gpt(), processor(), workload, repeats),
+        ],
     }
 
 

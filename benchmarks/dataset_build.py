@@ -36,14 +36,10 @@ def memory_status_mib(field: str) -> float:
 
 
 def build(raw_dir: str, out_dir: str, profile: bool = False) -> dict:
-    profiler = cProfile.Profile() if profile else None
-    with contextlib.redirect_stdout(io.StringIO()):
-        if profiler is not None:
-            profiler.enable()
+    profiler = cProfile.Profile()
+    with contextlib.redirect_stdout(io.StringIO()), profiler if profile else contextlib.nullcontext():
         status = mod_dataset_main(["build", raw_dir, out_dir])
-        if profiler is not None:
-            profiler.disable()
-    if profiler is not None:
+    if profile:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(PROFILE_LINES)
     if status != 0:
         raise RuntimeError(f"python -m mod_dataset build {raw_dir} {out_dir} exited with {status}.")

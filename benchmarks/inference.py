@@ -5,7 +5,6 @@ time, the whole sequence re-run for every new token) on paper-profile validation
 import contextlib
 import io
 import random
-from collections.abc import Iterator
 
 import torch
 
@@ -30,18 +29,6 @@ def generate_replies(model: MODGPTForMemeDialogue, processor: MODProcessor, rows
         evaluate_mod.generate_replies(model, processor, rows, batch_size, NEW_TOKENS, 0)
 
 
-@contextlib.contextmanager
-def replies_of_full_length(model: MODGPTForMemeDialogue) -> Iterator[None]:
-    """Every reply runs to `NEW_TOKENS` tokens: a random model ends its replies at random, and both sides must do the
-    same work (`generate_replies` keeps the generation config's `min_new_tokens`)."""
-    before = model.generation_config.min_new_tokens
-    model.generation_config.min_new_tokens = NEW_TOKENS
-    try:
-        yield
-    finally:
-        model.generation_config.min_new_tokens = before
-
-
 def prompt_inputs(model: MODGPTForMemeDialogue, processor: MODProcessor, rows: list[dict]) -> dict:
     histories = [row["history"] for row in rows]
     return encode_dialogues(model, processor, histories, add_generation_prompt=True, max_new_tokens=NEW_TOKENS)
@@ -51,6 +38,12 @@ def generate(model: MODGPTForMemeDialogue, prompt: dict, use_cache: bool, **deco
     """The new tokens `generate` gives after the prompt, with the model's decoding where `decoding` sets none."""
     output = model.generate(**prompt, max_new_tokens=NEW_TOKENS, use_cache=use_cache, **decoding)
     return output[:, prompt["input_ids"].shape[1] :]
+
+
+def row_key(name: str, model: MODGPTForMemeDialogue) -> str:
+    """A row's key, naming the decoder when it is not GPT-2 (`evaluation-openai-gpt`)."""
+    decoder = model.config.text_config.model_type
+    return name if decoder == "gpt2" else f"{name}-{decoder}"
 
 
 def computed_tokens(lengths: list[int], batches: list[list[int]] | None) -> int:
@@ -76,8 +69,9 @@ def generation(model: MODGPTForMemeDialogue, processor: MODProcessor, repeats: i
     times = interleaved({"no cache": lambda: greedy(False), "cache": lambda: greedy(True)}, repeats)
     same, new_tokens = torch.equal(outputs[True], outputs[False]), outputs[True].shape[1]
     return comparison_row(
-        "generation-cache",
-        f"Generation: {NEW_TOKENS} greedy tokens after a {HISTORY_LENGTH}-token history, KV cache vs none",
+        row_key("generation-cache", model),
+        f"Generation: {NEW_TOKENS} greedy tokens after a {HISTORY_LENGTH}-token history, KV cache vs none "
+        f"({model.config.text_config.model_type} decoder)",
         ("use_cache=False", times["no cache"]),
         ("use_cache=True", times["cache"]),
         targets={"ratio": (">=", 3.0)},
@@ -110,17 +104,21 @@ def evaluation(model: MODGPTForMemeDialogue, processor: MODProcessor, workload: 
             model(**prompt_inputs(model, processor, [rows[i] for i in batch]), logits_to_keep=1)
 
     torch.manual_seed(0)
-    with replies_of_full_length(model):
+    # A random model ends its replies at random: both sides run all `NEW_TOKENS` (`generate_replies` keeps this).
+    before, model.generation_config.min_new_tokens = model.generation_config.min_new_tokens, NEW_TOKENS
+    try:
         official = timed(one_at_a_time) / len(official_rows)
         times = interleaved({"evaluate_mod": lambda: generate_replies(model, processor, rows, batch_size)}, repeats)
+    finally:
+        model.generation_config.min_new_tokens = before
     seconds = [value / len(rows) for value in times["evaluate_mod"]]
     prompts = timed(prompt_passes) / len(rows)
     sizes = [len(batch) for batch in batches]
     return comparison_row(
-        "evaluation",
+        row_key("evaluation", model),
         f"Evaluation: response generation, evaluate_mod.py (batches by prompt length, at most {batch_size} rows "
         f"and {budget:,} padded prompt tokens, KV cache) vs one instance at a time without cache (the official "
-        f"inference), {NEW_TOKENS} sampled tokens",
+        f"inference), {NEW_TOKENS} sampled tokens ({model.config.text_config.model_type} decoder)",
         ("one at a time", [official] * len(seconds)),
         ("evaluate_mod", seconds),
         unit="responses/s",

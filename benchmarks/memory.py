@@ -77,16 +77,13 @@ def cpu_peak_memory(size_name: str, threads: int) -> Row:
     )
 
 
-def cuda_peak(model: MODGPTForMemeDialogue, batch: Batch, gradient_checkpointing: bool) -> float:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(model.device)
-    training_steps(model, batch, gradient_checkpointing)
-    return torch.cuda.max_memory_allocated(model.device) / 2**20
-
-
 def cuda_peak_memory(model: MODGPTForMemeDialogue, processor: MODProcessor) -> Row:
-    batch = memory_batch(model, processor)
-    peaks = [cuda_peak(model, batch, gradient_checkpointing) for gradient_checkpointing in (False, True)]
+    batch, peaks = memory_batch(model, processor), []
+    for gradient_checkpointing in (False, True):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(model.device)
+        training_steps(model, batch, gradient_checkpointing)
+        peaks.append(torch.cuda.max_memory_allocated(model.device) / 2**20)
     return memory_row(
         *peaks,
         f"torch.cuda.max_memory_allocated over {STEPS} AdamW steps under bf16 autocast, the model and its optimizer "

@@ -29,15 +29,13 @@ def release_build(fraction: float, repeats: int) -> Row:
             built, seconds = run_child(CHILD, "build", str(raw), str(out))
             builds.append({**built, "seconds": seconds})
             loads.append(run_child(CHILD, "load", str(out), environment={"HF_DATASETS_CACHE": str(cache)})[0])
-        sizes = PAPER_PROFILE.split_sizes(fraction)
-    build_seconds = [item["seconds"] for item in builds]
     return Row(
         key="release-build",
-        title=f"Building the release: `python -m mod_dataset build` on {sum(sizes.values()):,} paper-profile "
+        title=f"Building the release: `python -m mod_dataset build` on {sum(PAPER_PROFILE.split_sizes(fraction).values()):,} paper-profile "
         f"dialogues and {PAPER_PROFILE.memes} memes, then `load_dataset`",
         unit="s",
         a_name="build",
-        a=Stats.of(build_seconds),
+        a=Stats.of([item["seconds"] for item in builds]),
         b_name="load_dataset (empty cache)",
         b=Stats.of([item["cold_s"] for item in loads]),
         ratio_name="peak memory of the build",

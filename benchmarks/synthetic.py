@@ -101,12 +101,14 @@ def build_processor(size: Size) -> MODProcessor:
     return MODProcessor.from_corpus(corpus(), meme_encoder_name=size.meme_encoder_name)
 
 
-def build_model(size: Size, processor: MODProcessor, seed: int = 0) -> MODGPTForMemeDialogue:
-    """A random-init MOD-GPT with a bank of `size.bank_size` memes of random features: "000", "001", ..., the paper
-    profile's 307 memes first."""
+def build_model(
+    size: Size, processor: MODProcessor, seed: int = 0, decoder_type: str = "gpt2"
+) -> MODGPTForMemeDialogue:
+    """A random-init MOD-GPT (its decoder a GPT-2 or, as CDial-GPT's, an OpenAI-GPT) with a bank of `size.bank_size`
+    memes of random features: "000", "001", ..., the paper profile's 307 memes first."""
     torch.manual_seed(seed)
     special = processor.special_token_ids
-    decoder = {"model_type": "gpt2", "vocab_size": size.vocab_size or len(processor.tokenizer), **size.decoder}
+    decoder = {"model_type": decoder_type, "vocab_size": size.vocab_size or len(processor.tokenizer), **size.decoder}
     decoder.update(bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"])
     encoder = {"meme_encoder_name": size.meme_encoder_name, "meme_feature_size": size.meme_feature_size}
     model = MODGPTForMemeDialogue(MODGPTConfig(text_config=decoder, num_emotions=NUM_EMOTIONS, **encoder, **special))
