@@ -61,7 +61,7 @@ paper: install
 # The CPU rows at base size (about an hour on 2 CPU cores); `--rows GROUP ... --update` reruns some rows only.
 bench: install
 	$(BIN)/python -m benchmarks --size base --repeats 3 --threads 1 --output BENCHMARKS.json \
-		--rows training overhead memory generation evaluation release
+		--rows training overhead memory generation evaluation release openai-gpt
 
 # Write the newest releases into the tested set (then run `make test demo` before committing it).
 lock:
