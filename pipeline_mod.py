@@ -13,6 +13,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, BatchFeature, Pipeline, PretrainedConfig
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
@@ -270,6 +271,56 @@ def forward_dialogues(
     return inputs, model(**inputs)
 
 
+class InPlaceLayer(DynamicLayer):
+    """
+    A `DynamicLayer` whose keys and values live in a buffer with room to grow: each update writes its positions in
+    place and returns views of the filled part. `DynamicLayer` concatenates instead, copying the whole cache of every
+    row at every generated token; in place, evaluation's batched generation runs about 10% faster on the CPU
+    (BENCHMARKS.md, row 8).
+    A full buffer, or keys that `crop`, `batch_select_indices` or `reorder_cache` replaced, move to a new buffer of
+    twice the length needed.
+    """
+
+    buffer_keys: torch.Tensor | None = None
+    buffer_values: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.get_seq_length()
+        end = start + key_states.shape[-2]
+        if not self.buffer_holds_keys(end):
+            self.buffer_keys = self.grown(self.keys, key_states, start, end)
+            self.buffer_values = self.grown(self.values, value_states, start, end)
+        self.buffer_keys[:, :, start:end] = key_states
+        self.buffer_values[:, :, start:end] = value_states
+        self.keys, self.values = self.buffer_keys[:, :, :end], self.buffer_values[:, :, :end]
+        return self.keys, self.values
+
+    def buffer_holds_keys(self, length: int) -> bool:
+        """Whether the keys are still the start of the buffer and it has room for `length` positions."""
+        buffer = self.buffer_keys
+        return (
+            buffer is not None
+            and self.keys.data_ptr() == buffer.data_ptr()
+            and self.keys.shape[0] == buffer.shape[0]
+            and length <= buffer.shape[-2]
+        )
+
+    @staticmethod
+    def grown(cached: torch.Tensor, new: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """A buffer of `2 * end` positions holding the `start` cached ones."""
+        buffer = new.new_empty((*new.shape[:-2], 2 * end, new.shape[-1]))
+        if start:
+            buffer[:, :, :start] = cached
+        return buffer
+
+
+def in_place_cache() -> Cache:
+    """A cache of `InPlaceLayer`s, one per decoder layer as the model first updates it."""
+    return Cache(layer_class_to_replicate=InPlaceLayer)
+
+
 @torch.no_grad()
 def generate_texts(
     model: MODGPTForMemeDialogue,
@@ -281,13 +332,16 @@ def generate_texts(
     """
     The text of the next turn of each dialogue, from `model.generate` on their prompts (every `generate_kwargs` entry,
     such as `top_p`, `max_new_tokens` or `logits_processor`, goes there untouched). The prompt keeps the latest turns
-    that fit the decoder with room for `max_new_tokens` (see `max_prompt_length`).
+    that fit the decoder with room for `max_new_tokens` (see `max_prompt_length`). Unless told otherwise, `generate`
+    caches keys and values in place (`in_place_cache`).
     """
     generation_config = generate_kwargs.get("generation_config") or model.generation_config
     max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
     prompt = encode_dialogues(
         model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
     )
+    if generate_kwargs.get("use_cache", generation_config.use_cache) and not generation_config.cache_implementation:
+        generate_kwargs.setdefault("cache", in_place_cache())
     generated = model.generate(**prompt, **generate_kwargs)
     return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
 

@@ -1,0 +1,86 @@
+"""The in-place KV cache that every front end generates with: the same keys, values and replies as transformers'
+`DynamicLayer`, without copying what is cached at each step."""
+
+import pytest
+import torch
+from conftest import DIALOGUES, MEME_IDS, tiny_config
+from test_openai_gpt_decoder import TEXT_CONFIG as OPENAI_GPT
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from modeling_mod_gpt import MODGPTForMemeDialogue
+from pipeline_mod import InPlaceLayer, generate_texts
+
+
+def states(length: int, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, 2, length, 4), torch.randn(batch, 2, length, 4)
+
+
+def test_updates_return_what_dynamic_layer_returns_through_growth_crop_and_selection():
+    torch.manual_seed(0)
+    mine, reference = InPlaceLayer(), DynamicLayer()
+    steps = [lambda layer: layer.update(*states(5))]
+    steps += [lambda layer: layer.update(*states(1))] * 12  # past the first buffer's 10 positions
+    steps += [lambda layer: layer.crop(-3), lambda layer: layer.update(*states(2))]
+    steps += [
+        lambda layer: layer.batch_select_indices(torch.tensor([2, 0])),
+        lambda layer: layer.update(*states(1, 2)),
+    ]
+    for step in steps:
+        seed = torch.seed()
+        step(mine)
+        torch.manual_seed(seed)
+        step(reference)
+        assert mine.get_seq_length() == reference.get_seq_length()
+        assert torch.equal(mine.keys, reference.keys) and torch.equal(mine.values, reference.values)
+
+
+def test_a_step_writes_into_the_buffer_without_copying_the_cache():
+    layer = InPlaceLayer()
+    layer.update(*states(8))
+    buffer = layer.keys.data_ptr()
+    for _ in range(8):  # the buffer holds 16 positions
+        keys, _ = layer.update(*states(1))
+        assert keys.data_ptr() == buffer
+    layer.update(*states(1))
+    assert layer.keys.data_ptr() != buffer and layer.get_seq_length() == 17
+
+
+@pytest.fixture(params=["gpt2", "openai-gpt"])
+def model(request, processor):
+    torch.manual_seed(0)
+    overrides = {"text_config": OPENAI_GPT} if request.param == "openai-gpt" else {}
+    model = MODGPTForMemeDialogue(tiny_config(processor, **overrides))
+    model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
+    return model.eval()
+
+
+@pytest.fixture
+def generate_calls(model, monkeypatch) -> list[tuple[dict, torch.Tensor]]:
+    """The keyword arguments and the output of every `generate` call."""
+    calls = []
+    generate = model.generate
+
+    def recorded(**kwargs):
+        calls.append((kwargs, generate(**kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(model, "generate", recorded)
+    return calls
+
+
+def test_generation_equals_that_with_transformers_dynamic_cache(model, processor, generate_calls):
+    greedy = {"do_sample": False, "max_new_tokens": 12, "min_new_tokens": 12}
+    in_place = generate_texts(model, processor, DIALOGUES, **greedy)
+    dynamic = generate_texts(model, processor, DIALOGUES, cache=DynamicCache(), **greedy)
+    (mine, my_tokens), (reference, their_tokens) = generate_calls
+    assert in_place == dynamic and torch.equal(my_tokens, their_tokens)
+    assert {type(layer) for layer in mine["cache"].layers} == {InPlaceLayer}
+    assert mine["cache"].get_seq_length() == reference["cache"].get_seq_length() == my_tokens.shape[1] - 1
+
+
+def test_a_cache_the_caller_or_generation_config_sets_is_left_to_generate(model, processor, generate_calls):
+    generate_texts(model, processor, DIALOGUES[:1], do_sample=False, max_new_tokens=2, use_cache=False)
+    model.generation_config.cache_implementation = "dynamic"
+    generate_texts(model, processor, DIALOGUES[:1], do_sample=False, max_new_tokens=2)
+    assert [("cache" in kwargs) for kwargs, _ in generate_calls] == [False, False]
