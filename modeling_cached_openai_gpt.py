@@ -101,16 +101,23 @@ class CachedOpenAIGPTModel(OpenAIGPTPreTrainedModel):
             cache = cache if cache is not None else DynamicCache(config=self.config)
         else:
             cache = None
+        length = inputs_embeds.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
-        keys = torch.arange(past + inputs_embeds.shape[1], device=inputs_embeds.device)
+        # The keys attention reads: the cached and new tokens, or a static cache's whole preallocated length.
+        width = cache.get_mask_sizes(length, 0)[0] if cache is not None else length
+        keys = torch.arange(width, device=inputs_embeds.device)
+        queries = torch.arange(past, past + length, device=inputs_embeds.device)[:, None]
         if position_ids is None:
-            position_ids = keys[None, past:]
+            position_ids = queries.T
         # Each new token sees the cached and new tokens up to itself, less padding (`attention_mask` covers them all),
         # and always itself: an all-padding row would otherwise have nothing to attend to (NaN).
-        queries = keys[past:, None]
         mask = keys <= queries
-        if attention_mask is not None:
-            mask = (mask & attention_mask[:, None, None, :].bool()) | (keys == queries)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # `generate`'s own mask for a static cache, causal and padding: boolean, or additive (0 where attended)
+            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        elif attention_mask is not None:
+            mask = mask & F.pad(attention_mask, (0, width - attention_mask.shape[-1])).bool()[:, None, None, :]
+        mask = mask | (keys == queries)
         hidden_states = self.drop(inputs_embeds + self.positions_embed(position_ids))
         all_hidden_states = []
         for block in self.h:

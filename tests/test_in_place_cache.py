@@ -9,7 +9,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from pipeline_mod import InPlaceLayer, generate_texts
+from pipeline_mod import InPlaceLayer, encode_dialogues, generate_texts, in_place_cache
 
 
 def states(length: int, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +77,15 @@ def test_generation_equals_that_with_transformers_dynamic_cache(model, processor
     assert in_place == dynamic and torch.equal(my_tokens, their_tokens)
     assert {type(layer) for layer in mine["cache"].layers} == {InPlaceLayer}
     assert mine["cache"].get_seq_length() == reference["cache"].get_seq_length() == my_tokens.shape[1] - 1
+
+
+@pytest.mark.parametrize("cache_implementation", ["static", "dynamic"])
+def test_generation_with_a_cache_implementation_equals_the_in_place_cache(model, processor, cache_implementation):
+    greedy = {"do_sample": False, "max_new_tokens": 8, "min_new_tokens": 8, "return_dict_in_generate": True}
+    prompt = encode_dialogues(model, processor, DIALOGUES, add_generation_prompt=True)
+    in_place = model.generate(**prompt, **greedy, cache=in_place_cache())
+    other = model.generate(**prompt, **greedy, cache_implementation=cache_implementation)
+    assert torch.equal(in_place.sequences, other.sequences)
 
 
 def test_a_cache_the_caller_or_generation_config_sets_is_left_to_generate(model, processor, generate_calls):
