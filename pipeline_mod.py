@@ -340,7 +340,10 @@ def generate_texts(
     prompt = encode_dialogues(
         model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
     )
-    if generate_kwargs.get("use_cache", generation_config.use_cache) and not generation_config.cache_implementation:
+    chosen = {
+        key: generate_kwargs.get(key, getattr(generation_config, key)) for key in ("use_cache", "cache_implementation")
+    }
+    if chosen["use_cache"] and not chosen["cache_implementation"]:
         generate_kwargs.setdefault("cache", in_place_cache())
     generated = model.generate(**prompt, **generate_kwargs)
     return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])

@@ -90,6 +90,7 @@ def test_generation_with_a_cache_implementation_equals_the_in_place_cache(model,
 
 def test_a_cache_the_caller_or_generation_config_sets_is_left_to_generate(model, processor, generate_calls):
     generate_texts(model, processor, DIALOGUES[:1], do_sample=False, max_new_tokens=2, use_cache=False)
+    generate_texts(model, processor, DIALOGUES[:1], do_sample=False, max_new_tokens=2, cache_implementation="static")
     model.generation_config.cache_implementation = "dynamic"
     generate_texts(model, processor, DIALOGUES[:1], do_sample=False, max_new_tokens=2)
-    assert [("cache" in kwargs) for kwargs, _ in generate_calls] == [False, False]
+    assert [("cache" in kwargs) for kwargs, _ in generate_calls] == [False, False, False]
