@@ -340,10 +340,9 @@ def generate_texts(
     prompt = encode_dialogues(
         model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
     )
-    chosen = {
-        key: generate_kwargs.get(key, getattr(generation_config, key)) for key in ("use_cache", "cache_implementation")
-    }
-    if chosen["use_cache"] and not chosen["cache_implementation"]:
+    use_cache = generate_kwargs.get("use_cache", generation_config.use_cache)
+    cache_implementation = generate_kwargs.get("cache_implementation", generation_config.cache_implementation)
+    if use_cache and not cache_implementation:
         generate_kwargs.setdefault("cache", in_place_cache())
     generated = model.generate(**prompt, **generate_kwargs)
     return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])

@@ -80,12 +80,17 @@ def processor() -> MODProcessor:
     return MODProcessor.from_corpus(CORPUS, meme_encoder_name="test_efficientnet", emotion_names=EMOTIONS)
 
 
-@pytest.fixture
-def model(processor: MODProcessor) -> MODGPTForMemeDialogue:
+def tiny_model(processor: MODProcessor, **overrides) -> MODGPTForMemeDialogue:
+    """A tiny random MOD-GPT (seed 0) in eval mode, with `MEME_IDS` in its bank."""
     torch.manual_seed(0)
-    model = MODGPTForMemeDialogue(tiny_config(processor))
+    model = MODGPTForMemeDialogue(tiny_config(processor, **overrides))
     model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
     return model.eval()
+
+
+@pytest.fixture
+def model(processor: MODProcessor) -> MODGPTForMemeDialogue:
+    return tiny_model(processor)
 
 
 @pytest.fixture(scope="session")

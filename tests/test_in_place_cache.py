@@ -3,12 +3,11 @@
 
 import pytest
 import torch
-from conftest import DIALOGUES, MEME_IDS, tiny_config
+from conftest import DIALOGUES, tiny_model
 from test_openai_gpt_decoder import TEXT_CONFIG as OPENAI_GPT
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from modeling_mod_gpt import MODGPTForMemeDialogue
 from pipeline_mod import InPlaceLayer, encode_dialogues, generate_texts, in_place_cache
 
 
@@ -48,11 +47,7 @@ def test_a_step_writes_into_the_buffer_without_copying_the_cache():
 
 @pytest.fixture(params=["gpt2", "openai-gpt"])
 def model(request, processor):
-    torch.manual_seed(0)
-    overrides = {"text_config": OPENAI_GPT} if request.param == "openai-gpt" else {}
-    model = MODGPTForMemeDialogue(tiny_config(processor, **overrides))
-    model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
-    return model.eval()
+    return tiny_model(processor, **({"text_config": OPENAI_GPT} if request.param == "openai-gpt" else {}))
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ which has no cache."""
 
 import pytest
 import torch
-from conftest import DIALOGUES, MEME_IDS, tiny_config
+from conftest import DIALOGUES, tiny_model
 from test_backbones import cdial_gpt_folder, mod_gpt_from
 from transformers import AutoModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTModel
 
@@ -15,10 +15,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 @pytest.fixture
 def model(processor):
-    torch.manual_seed(0)
-    model = MODGPTForMemeDialogue(tiny_config(processor, text_config=TEXT_CONFIG))
-    model.add_memes(MEME_IDS, torch.randn(len(MEME_IDS), 256))
-    return model.eval()
+    return tiny_model(processor, text_config=TEXT_CONFIG)
 
 
 def with_transformers_decoder(model: MODGPTForMemeDialogue) -> MODGPTForMemeDialogue:
