@@ -59,7 +59,7 @@ from pipeline_mod import (
     load_mod_gpt,
     load_mod_gpt_config,
     machine_accelerator,
-    max_prompt_length,
+    prompt_lengths,
 )
 
 TEST_SPLITS = ("easy_test", "hard_test")
@@ -80,9 +80,9 @@ WRITER = "evaluate_mod.py"
 # The release's file name prefix by dataset language (the card's `language`), and the one taken when it is unknown.
 RELEASE_PREFIXES = {"zh": "c", "en": "e"}
 DEFAULT_RELEASE_PREFIX = "c"
-# Padded prompt tokens (rows x the longest prompt) of a reply generation batch: chosen, with --batch_size 32, on the
-# base model on the CPU (BENCHMARKS.md, row 8): on paper-profile prompts it makes batches of 25, 13, 6 and 4 rows.
-MAX_BATCH_TOKENS = 2048
+# Padded tokens (rows x the longest prompt) of a prompt pass in reply generation: chosen on the base model on the CPU
+# (BENCHMARKS.md, row 8), where shorter passes run faster per token and 256-512 did best.
+MAX_BATCH_TOKENS = 512
 
 
 def batched(rows: list, size: int, description: str):
@@ -168,38 +168,6 @@ class InstanceSampler(LogitsProcessor):
         return scores + gumbel.to(scores.device, scores.dtype)
 
 
-def prompt_lengths(model, processor, rows: list[dict], max_new_tokens: int) -> list[int]:
-    """The length of each row's prompt as `generate_replies` encodes it (its history, truncated, and the reply prompt)."""
-    max_length = max_prompt_length(model, processor, max_new_tokens)
-    return [
-        len(
-            processor.encode_dialogue(row["history"], index, add_generation_prompt=True, max_length=max_length)[
-                "input_ids"
-            ]
-        )
-        for index, row in enumerate(rows)
-    ]
-
-
-def length_batches(lengths: list[int], max_rows: int, max_tokens: int | None) -> list[list[int]]:
-    """
-    Row indices grouped by length: the rows sorted by length (ties in their order), cut into batches of at most
-    `max_rows` rows whose padded size (rows x the longest) stays within `max_tokens` (a row longer than the budget
-    goes alone; None: no budget). Every row is in exactly one batch.
-    """
-    batches: list[list[int]] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        batch = batches[-1] if batches else None
-        fits = batch is not None and len(batch) < max_rows
-        if fits and max_tokens is not None:
-            fits = (len(batch) + 1) * lengths[index] <= max_tokens  # sorted: this row is the batch's longest
-        if fits:
-            batch.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
 @torch.no_grad()
 def generate_replies(
     model,
@@ -212,24 +180,24 @@ def generate_replies(
 ) -> list[str]:
     """
     A reply sampled for each row with the model's generation config, its noise keyed by `seed` and the row's id, in
-    the order of `rows`. The rows run in batches of similar prompt length (`length_batches`: at most `batch_size`
-    rows, `max_batch_tokens` padded prompt tokens), so that little of a batch is padding; `generate` runs the LM head
-    on the last prompt position only (it passes `logits_to_keep=1` to the model's forward on the prompt pass).
-    Each batch runs `pipeline_mod.generate_texts`, as every front end does.
+    the order of `rows`. Sorted by prompt length, the rows decode `batch_size` at a time, their prompts run in passes
+    of at most `max_batch_tokens` padded tokens (None: one pass), so that little of either is padding; the LM head
+    runs on the last prompt position only. Each batch runs `pipeline_mod.generate_texts`, as every front end does.
     """
     warpers = sampling_warpers(model.generation_config)
     greedy = copy.deepcopy(model.generation_config)  # the warpers and the noise do the sampling, in `InstanceSampler`
     greedy.update(do_sample=False, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    lengths = prompt_lengths(model, processor, rows, max_new_tokens)
+    lengths = prompt_lengths(model, processor, [row["history"] for row in rows], max_new_tokens)
+    by_length = sorted(range(len(rows)), key=lengths.__getitem__)
     replies: list[str] = [""] * len(rows)
-    batches = length_batches(lengths, batch_size, max_batch_tokens)
-    for batch in tqdm(batches, desc="generation", leave=False, disable=not is_main_process()):
+    for batch in batched(by_length, batch_size, "generation"):
         chunk = [rows[index] for index in batch]
         sampler = InstanceSampler(warpers, seed, [row["id"] for row in chunk])
         texts = generate_texts(
             model,
             processor,
             [row["history"] for row in chunk],
+            max_prompt_tokens=max_batch_tokens,
             generation_config=greedy,
             logits_processor=LogitsProcessorList([sampler]),
         )
@@ -709,14 +677,17 @@ def main(argv: list[str] | None = None) -> int:
         help="Write DSTC10 task 1/2/3 files into this folder: new, empty, or written by this script before.",
     )
     parser.add_argument(
-        "--batch_size", type=positive_int, default=32, help="Rows a batch holds (in reply generation, at most)."
+        "--batch_size",
+        type=positive_int,
+        default=32,
+        help="Rows a batch holds; in reply generation, the rows that decode together (in order of prompt length).",
     )
     parser.add_argument(
         "--max_batch_tokens",
         type=positive_int,
         default=MAX_BATCH_TOKENS,
-        help="Reply generation runs the rows in batches of similar prompt length, each at most this many padded "
-        "prompt tokens (rows x the longest; a longer prompt goes alone) and --batch_size rows.",
+        help="Reply generation runs a batch's prompts in passes of at most this many padded tokens (rows x the "
+        "longest; a longer prompt runs alone), before the batch decodes together.",
     )
     parser.add_argument("--max_new_tokens", type=positive_int, default=32)
     parser.add_argument("--limit", type=positive_int, help="Evaluate only the first N instances of each view.")

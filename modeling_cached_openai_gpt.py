@@ -11,9 +11,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.openai.modeling_openai import ACT_FNS, OpenAIGPTPreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+try:
+    from .attention_mod_gpt import RowGroups, sdpa_by_row_groups
+except ImportError:
+    from attention_mod_gpt import RowGroups, sdpa_by_row_groups
+
 
 class CachedOpenAIGPTAttention(nn.Module):
-    """OpenAI-GPT's self-attention (scaled by sqrt(head_dim)) through SDPA, with a KV cache."""
+    """OpenAI-GPT's self-attention (scaled by sqrt(head_dim)) through SDPA, with a KV cache and row groups."""
 
     def __init__(self, config: OpenAIGPTConfig, layer_idx: int):
         super().__init__()
@@ -23,15 +28,17 @@ class CachedOpenAIGPTAttention(nn.Module):
         self.attn_dropout = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None, row_groups: RowGroups | None
+    ) -> torch.Tensor:
         batch, length, width = hidden_states.shape
         qkv = self.c_attn(hidden_states).view(batch, length, 3, self.n_head, width // self.n_head)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, length, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         dropout = self.attn_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
-        return self.resid_dropout(self.c_proj(attended.transpose(1, 2).reshape(batch, length, width)))
+        attended, _ = sdpa_by_row_groups(self, query, key, value, mask, row_groups, dropout=dropout)
+        return self.resid_dropout(self.c_proj(attended.reshape(batch, length, width)))
 
 
 class CachedOpenAIGPTMLP(nn.Module):
@@ -56,8 +63,10 @@ class CachedOpenAIGPTBlock(nn.Module):
         self.mlp = CachedOpenAIGPTMLP(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        hidden_states = self.ln_1(hidden_states + self.attn(hidden_states, mask, cache))
+    def forward(
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, cache: Cache | None, row_groups: RowGroups | None
+    ) -> torch.Tensor:
+        hidden_states = self.ln_1(hidden_states + self.attn(hidden_states, mask, cache, row_groups))
         return self.ln_2(hidden_states + self.mlp(hidden_states))
 
 
@@ -93,6 +102,7 @@ class CachedOpenAIGPTModel(OpenAIGPTPreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        attention_row_groups: RowGroups | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         if inputs_embeds is None:
@@ -122,7 +132,7 @@ class CachedOpenAIGPTModel(OpenAIGPTPreTrainedModel):
         all_hidden_states = []
         for block in self.h:
             all_hidden_states.append(hidden_states)
-            hidden_states = block(hidden_states, mask, cache)
+            hidden_states = block(hidden_states, mask, cache, attention_row_groups)
         all_hidden_states.append(hidden_states)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states

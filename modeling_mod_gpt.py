@@ -28,10 +28,12 @@ from transformers.models.timm_wrapper import TimmWrapperModel
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 try:
+    from .attention_mod_gpt import RowGroups
     from .configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
     from .modeling_cached_openai_gpt import CachedOpenAIGPTModel
     from .retrieval_mod_gpt import MemeBank, MemeRetrieval
 except ImportError:
+    from attention_mod_gpt import RowGroups
     from configuration_mod_gpt import IGNORE_INDEX, LOSS_WEIGHTS, MODGPTConfig
     from modeling_cached_openai_gpt import CachedOpenAIGPTModel
     from retrieval_mod_gpt import MemeBank, MemeRetrieval
@@ -569,6 +571,7 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
         emotion_labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor | None = 0,
         num_items_in_batch: torch.Tensor | None = None,
+        attention_row_groups: RowGroups | None = None,
         **kwargs: Any,
     ) -> tuple | MODGPTOutput:
         r"""
@@ -610,7 +613,16 @@ class MODGPTForMemeDialogue(MODGPTPreTrainedModel, GenerationMixin):
                 them, so that a process holding fewer labelled tokens, memes or emotions weighs less and the summed
                 gradients of all processes are those of one process holding the global batch (as transformers' causal
                 LMs use `num_items_in_batch`). Left `None`, each part is a mean over this batch.
+            attention_row_groups (`tuple[tuple[int, int, int], ...]`, *optional*):
+                For a batch whose cache joins prompts run at different widths (`pipeline_mod.generate_texts`): groups
+                of rows as `(first row, end row, first key)`, the rows `first:end` attending to no cached key before
+                column `first key`. The decoder's attention then runs per group and skips those columns (the cached
+                OpenAI-GPT decoder always can; a transformers decoder when configured with
+                `attn_implementation="mod_row_groups_sdpa"`; others read every column, so the columns must hold
+                keys).
         """
+        if attention_row_groups is not None:
+            kwargs["attention_row_groups"] = attention_row_groups
         check_one_meme_source(meme_features=meme_features, pixel_values=pixel_values, meme_ids=meme_ids)
         if meme_ids is not None:
             meme_features = self.meme_bank.lookup(meme_ids)

@@ -3,13 +3,16 @@ emotion, top memes) and its parts; the `meme-dialogue` pipeline around it (with 
 `load_mod_gpt`, which loads a saved MOD-GPT with its processor without running code from the folder."""
 
 import argparse
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, BatchFeature, Pipeline, PretrainedConfig
@@ -17,15 +20,21 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
+    from .attention_mod_gpt import ROW_GROUPS_SDPA
     from .configuration_mod_gpt import MODGPTConfig
+    from .modeling_cached_openai_gpt import CachedOpenAIGPTModel
     from .modeling_mod_gpt import DEFAULT_NUM_MEMES, MemeBank, MODGPTForMemeDialogue, last_per_row
     from .processing_mod import MODProcessor
 except ImportError:
+    from attention_mod_gpt import ROW_GROUPS_SDPA
     from configuration_mod_gpt import MODGPTConfig
+    from modeling_cached_openai_gpt import CachedOpenAIGPTModel
     from modeling_mod_gpt import DEFAULT_NUM_MEMES, MemeBank, MODGPTForMemeDialogue, last_per_row
     from processing_mod import MODProcessor
 
 HUB_PREFIX = "hf://"
+# Generation settings under which each dialogue decodes one sequence (what a joined prompt cache holds): 1 or unset.
+SINGLE_SEQUENCE = ("num_beams", "num_return_sequences")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -283,6 +292,18 @@ class InPlaceLayer(DynamicLayer):
 
     buffer_keys: torch.Tensor | None = None
     buffer_values: torch.Tensor | None = None
+    written_keys: torch.Tensor | None = None  # the view of the buffer that the last update returned
+
+    @classmethod
+    def over(cls, buffer_keys: torch.Tensor, buffer_values: torch.Tensor, length: int = 0) -> "InPlaceLayer":
+        """A layer writing into the given buffers (views of a larger one, for instance), their first `length`
+        positions already filled."""
+        layer = cls()
+        layer.lazy_initialization(buffer_keys, buffer_values)
+        layer.buffer_keys, layer.buffer_values = buffer_keys, buffer_values
+        layer.keys, layer.values = buffer_keys[:, :, :length], buffer_values[:, :, :length]
+        layer.written_keys = layer.keys
+        return layer
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         if not self.is_initialized:
@@ -295,17 +316,12 @@ class InPlaceLayer(DynamicLayer):
         self.buffer_keys[:, :, start:end] = key_states
         self.buffer_values[:, :, start:end] = value_states
         self.keys, self.values = self.buffer_keys[:, :, :end], self.buffer_values[:, :, :end]
+        self.written_keys = self.keys
         return self.keys, self.values
 
     def buffer_holds_keys(self, length: int) -> bool:
-        """Whether the keys are still the start of the buffer and it has room for `length` positions."""
-        buffer = self.buffer_keys
-        return (
-            buffer is not None
-            and self.keys.data_ptr() == buffer.data_ptr()
-            and self.keys.shape[0] == buffer.shape[0]
-            and length <= buffer.shape[-2]
-        )
+        """Whether the keys are still those written in the buffer and it has room for `length` positions."""
+        return self.buffer_keys is not None and self.keys is self.written_keys and length <= self.buffer_keys.shape[-2]
 
     @staticmethod
     def grown(cached: torch.Tensor, new: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -321,12 +337,120 @@ def in_place_cache() -> Cache:
     return Cache(layer_class_to_replicate=InPlaceLayer)
 
 
+def prompt_lengths(
+    model: MODGPTForMemeDialogue, processor: MODProcessor, dialogues: list[list[dict]], max_new_tokens: int
+) -> list[int]:
+    """The length of each dialogue's prompt as `generate_texts` encodes it (truncated, with the reply prompt)."""
+    max_length = max_prompt_length(model, processor, max_new_tokens)
+    return [
+        len(processor.encode_dialogue(dialogue, index, add_generation_prompt=True, max_length=max_length)["input_ids"])
+        for index, dialogue in enumerate(dialogues)
+    ]
+
+
+def prompt_runs(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """
+    `(start, end)` of consecutive runs of `lengths` whose padded size (rows x the longest) stays within `max_tokens`;
+    a longer prompt runs alone. Sorted lengths give runs with little padding.
+    """
+    runs, start, longest = [], 0, 0
+    for index, length in enumerate(lengths):
+        if index > start and (index - start + 1) * max(longest, length) > max_tokens:
+            runs.append((start, index))
+            start, longest = index, 0
+        longest = max(longest, length)
+    return runs + [(start, len(lengths))]
+
+
+def decodes_row_groups(model: MODGPTForMemeDialogue) -> bool:
+    """Whether the decoder's attention can skip other row groups' keys (`attention_mod_gpt`): the cached
+    OpenAI-GPT decoder, or a transformers decoder running SDPA."""
+    decoder = model.model.language_model
+    if isinstance(decoder, CachedOpenAIGPTModel):
+        return True
+    # transformers has no public reader of the implementation; its own batched generation reads this attribute.
+    return model.model.decoder_has_cache and decoder.config._attn_implementation in ("sdpa", ROW_GROUPS_SDPA)
+
+
+# Generations that switch a decoder to `ROW_GROUPS_SDPA` run one at a time, so that none switches it back under another.
+ROW_GROUPS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def row_groups_attention(model: MODGPTForMemeDialogue) -> Iterator[None]:
+    """A transformers decoder's attention switched to `sdpa_by_row_groups` (plain SDPA where no row groups are given,
+    so other callers of the model meanwhile get what they had), and back."""
+    decoder = model.model.language_model
+    if isinstance(decoder, CachedOpenAIGPTModel):  # its attention always takes row groups
+        yield
+        return
+    with ROW_GROUPS_LOCK:
+        before = decoder.config._attn_implementation
+        decoder.set_attn_implementation(ROW_GROUPS_SDPA)
+        try:
+            yield
+        finally:
+            decoder.set_attn_implementation(before)
+
+
+def cache_buffers(model: MODGPTForMemeDialogue, rows: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Uninitialised key and value buffers of `rows` x `length` positions for each decoder layer (sized as
+    transformers sizes a static cache); memory that is never written costs nothing on the CPU."""
+    text_config = model.config.text_config
+    heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    shape, options = (rows, heads, length, head_dim), {"dtype": model.dtype, "device": model.device}
+    return [
+        (torch.empty(shape, **options), torch.empty(shape, **options)) for _ in range(text_config.num_hidden_layers)
+    ]
+
+
+def joined_prompt(
+    model: MODGPTForMemeDialogue,
+    processor: MODProcessor,
+    dialogues: list[list[dict]],
+    runs: list[tuple[int, int]],
+    max_new_tokens: int,
+    meme_bank: MemeBank | None = None,
+) -> dict[str, Any]:
+    """
+    `generate`'s inputs for `dialogues` to decode together though their prompts run apart: each run of rows
+    (`prompt_runs`) is encoded at its own width and, less its last token, run through the decoder into its rows of one
+    cache, right-aligned at the widest run's width. Returns the inputs left-padded to that width, the cache, and the
+    `attention_row_groups` with which attention skips the columns that are another run's padding.
+    """
+    prompts = [
+        encode_dialogues(model, processor, dialogues[start:end], max_new_tokens, meme_bank, add_generation_prompt=True)
+        for start, end in runs
+    ]
+    width = max(prompt["input_ids"].shape[1] for prompt in prompts)
+    buffers = cache_buffers(model, len(dialogues), width - 1 + max_new_tokens)
+    row_groups = []
+    for (start, end), prompt in zip(runs, prompts):
+        first_key = width - prompt["input_ids"].shape[1]
+        rows_cache = Cache(
+            layers=[InPlaceLayer.over(k[start:end, :, first_key:], v[start:end, :, first_key:]) for k, v in buffers]
+        )
+        text = {name: value[:, :-1] for name, value in prompt.items() if name != "meme_features"}
+        model.model(**text, meme_features=prompt["meme_features"], cache=rows_cache, use_cache=True)
+        row_groups.append((start, end, first_key))
+    pad_values = {"input_ids": processor.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    inputs = {
+        name: torch.cat([F.pad(prompt[name], (width - prompt[name].shape[1], 0), value=pad) for prompt in prompts])
+        for name, pad in pad_values.items()
+        if name in prompts[0]
+    }
+    cache = Cache(layers=[InPlaceLayer.over(keys, values, width - 1) for keys, values in buffers])
+    return {**inputs, "cache": cache, "attention_row_groups": tuple(row_groups)}
+
+
 @torch.no_grad()
 def generate_texts(
     model: MODGPTForMemeDialogue,
     processor: MODProcessor,
     dialogues: list[list[dict]],
     meme_bank: MemeBank | None = None,
+    max_prompt_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """
@@ -334,17 +458,30 @@ def generate_texts(
     such as `top_p`, `max_new_tokens` or `logits_processor`, goes there untouched). The prompt keeps the latest turns
     that fit the decoder with room for `max_new_tokens` (see `max_prompt_length`). Unless told otherwise, `generate`
     caches keys and values in place (`in_place_cache`).
+    With `max_prompt_tokens`, the prompts run in consecutive runs of at most that many padded tokens (`prompt_runs`;
+    give the dialogues sorted by length) and then decode together in one batch, each run's rows attending to its own
+    columns only (`joined_prompt`): on the CPU, short passes and one wide decoding batch are each the faster way.
+    This needs single-sequence decoding into the in-place cache and a decoder that `decodes_row_groups`; otherwise,
+    and when one run holds them all, the prompts run as one padded batch.
     """
     generation_config = generate_kwargs.get("generation_config") or model.generation_config
     max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
-    prompt = encode_dialogues(
-        model, processor, dialogues, max_new_tokens=max_new_tokens, add_generation_prompt=True, meme_bank=meme_bank
-    )
     use_cache = generate_kwargs.get("use_cache", generation_config.use_cache)
     cache_implementation = generate_kwargs.get("cache_implementation", generation_config.cache_implementation)
-    if use_cache and not cache_implementation:
-        generate_kwargs.setdefault("cache", in_place_cache())
-    generated = model.generate(**prompt, **generate_kwargs)
+    in_place = use_cache and not cache_implementation and "cache" not in generate_kwargs
+    single = all(generate_kwargs.get(name, getattr(generation_config, name)) in (None, 1) for name in SINGLE_SEQUENCE)
+    runs = []
+    if max_prompt_tokens and in_place and single and max_new_tokens and decodes_row_groups(model):
+        runs = prompt_runs(prompt_lengths(model, processor, dialogues, max_new_tokens), max_prompt_tokens)
+    if len(runs) > 1:
+        prompt = joined_prompt(model, processor, dialogues, runs, max_new_tokens, meme_bank)
+        with row_groups_attention(model):
+            generated = model.generate(**prompt, **generate_kwargs)
+    else:
+        prompt = encode_dialogues(model, processor, dialogues, max_new_tokens, meme_bank, add_generation_prompt=True)
+        if in_place:
+            generate_kwargs["cache"] = in_place_cache()
+        generated = model.generate(**prompt, **generate_kwargs)
     return processor.decode_replies(generated[:, prompt["input_ids"].shape[1] :])
 
 

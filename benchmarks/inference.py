@@ -10,7 +10,7 @@ import torch
 
 import evaluate_mod
 from modeling_mod_gpt import MODGPTForMemeDialogue
-from pipeline_mod import encode_dialogues
+from pipeline_mod import encode_dialogues, prompt_lengths, prompt_runs
 from processing_mod import MODProcessor
 
 from .report import Row, comparison_row
@@ -46,13 +46,13 @@ def row_key(name: str, model: MODGPTForMemeDialogue) -> str:
     return name if decoder == "gpt2" else f"{name}-{decoder}"
 
 
-def computed_tokens(lengths: list[int], batches: list[list[int]] | None) -> int:
+def computed_tokens(lengths: list[int], passes: list[list[int]] | None) -> int:
     """Tokens the decoder runs to generate `NEW_TOKENS` for prompts of `lengths`: one at a time without cache, every
-    step re-runs the prompt and what was generated (`batches` None); in `batches` (lists of indices) with the cache,
-    each batch's prompts padded to the longest, then one token per row and step."""
-    if batches is None:
+    step re-runs the prompt and what was generated (`passes` None); with the cache, each prompt pass (a list of
+    indices) padded to its longest, then one token per row and step."""
+    if passes is None:
         return sum(NEW_TOKENS * length + NEW_TOKENS * (NEW_TOKENS - 1) // 2 for length in lengths)
-    return sum(len(batch) * (max(lengths[i] for i in batch) + NEW_TOKENS - 1) for batch in batches)
+    return sum(len(rows) * (max(lengths[i] for i in rows) + NEW_TOKENS - 1) for rows in passes)
 
 
 @torch.no_grad()
@@ -90,18 +90,23 @@ def evaluation(model: MODGPTForMemeDialogue, processor: MODProcessor, workload: 
     model.eval()
     rows = validation_instances(workload.eval_instances)
     batch_size, budget = workload.eval_batch_size, evaluate_mod.MAX_BATCH_TOKENS
-    lengths = evaluate_mod.prompt_lengths(model, processor, rows, NEW_TOKENS)
-    by_length = [rows[i] for i in sorted(range(len(rows)), key=lengths.__getitem__)]
-    official_rows = by_length[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]
-    batches = evaluate_mod.length_batches(lengths, batch_size, budget)
+    lengths = prompt_lengths(model, processor, [row["history"] for row in rows], NEW_TOKENS)
+    order = sorted(range(len(rows)), key=lengths.__getitem__)
+    official_rows = [rows[i] for i in order[min(OFFICIAL_STRIDE // 2, len(rows) - 1) :: OFFICIAL_STRIDE]]
+    batches = [order[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    passes = [batch[start:end] for batch in batches for start, end in prompt_runs([lengths[i] for i in batch], budget)]
 
     def one_at_a_time() -> None:
         for row in official_rows:
             generate(model, prompt_inputs(model, processor, [row]), use_cache=False)
 
-    def prompt_passes() -> None:  # what `generate` starts each batch with: the LM head on the last position only
-        for batch in batches:
-            model(**prompt_inputs(model, processor, [rows[i] for i in batch]), logits_to_keep=1)
+    def prompt_passes() -> None:  # what each batch starts with: the prompts' passes, less their last tokens
+        for rows_of_pass in passes:
+            prompt = prompt_inputs(model, processor, [rows[i] for i in rows_of_pass])
+            model.model(
+                **{name: value[:, :-1] for name, value in prompt.items() if name != "meme_features"},
+                meme_features=prompt["meme_features"],
+            )
 
     torch.manual_seed(0)
     # A random model ends its replies at random: both sides run all `NEW_TOKENS` (`generate_replies` keeps this).
@@ -113,12 +118,12 @@ def evaluation(model: MODGPTForMemeDialogue, processor: MODProcessor, workload: 
         model.generation_config.min_new_tokens = before
     seconds = [value / len(rows) for value in times["evaluate_mod"]]
     prompts = timed(prompt_passes) / len(rows)
-    sizes = [len(batch) for batch in batches]
+    sizes, pass_sizes = [len(batch) for batch in batches], [len(rows_of_pass) for rows_of_pass in passes]
     return comparison_row(
         row_key("evaluation", model),
-        f"Evaluation: response generation, evaluate_mod.py (batches by prompt length, at most {batch_size} rows "
-        f"and {budget:,} padded prompt tokens, KV cache) vs one instance at a time without cache (the official "
-        f"inference), {NEW_TOKENS} sampled tokens ({model.config.text_config.model_type} decoder)",
+        f"Evaluation: response generation, evaluate_mod.py (batches of {batch_size} rows by prompt length, their "
+        f"prompts in passes of at most {budget:,} padded tokens, KV cache) vs one instance at a time without cache "
+        f"(the official inference), {NEW_TOKENS} sampled tokens ({model.config.text_config.model_type} decoder)",
         ("one at a time", [official] * len(seconds)),
         ("evaluate_mod", seconds),
         unit="responses/s",
@@ -128,8 +133,9 @@ def evaluation(model: MODGPTForMemeDialogue, processor: MODProcessor, workload: 
             f"{len(rows)} paper-profile validation instances, prompts of {min(lengths)}-{max(lengths)} tokens (mean "
             f"{sum(lengths) / len(rows):.0f}); one at a time: {len(official_rows)} of them, every "
             f"{OFFICIAL_STRIDE}th by prompt length, run once ({official:.2f} s a response)",
-            f"evaluate_mod: {len(sizes)} batches of {min(sizes)}-{max(sizes)} rows; counting the tokens the decoder "
-            f"runs, a speed-up of at most {computed_tokens(lengths, None) / computed_tokens(lengths, batches):.1f}; "
+            f"evaluate_mod: {len(sizes)} batches of {min(sizes)}-{max(sizes)} rows, their prompts in {len(passes)} "
+            f"passes of {min(pass_sizes)}-{max(pass_sizes)} rows; counting the tokens the decoder runs, a speed-up "
+            f"of at most {computed_tokens(lengths, None) / computed_tokens(lengths, passes):.1f}; "
             f"its prompt passes take {prompts * 1000:.0f} ms a response "
             f"({100 * prompts / Stats.of(seconds).median:.0f}% of its time)",
         ],

@@ -22,7 +22,7 @@ import evaluate_mod
 from mod_dataset import SAMPLE_DIR
 from mod_dataset.release import TASK_SPLITS
 from mod_metrics import load_metric
-from pipeline_mod import forward_dialogues
+from pipeline_mod import forward_dialogues, prompt_lengths
 
 TABLE_TITLES = ("Table 4: text response", "Table 5: meme retrieval", "Meme usage", "Table 7: emotion")
 TEXT_SCORES = [
@@ -619,30 +619,12 @@ def reply_rows() -> list[dict]:
     ]
 
 
-def test_length_batches_hold_every_row_once_within_the_budget():
-    lengths = [30, 5, 400, 12, 12, 90, 7, 600, 33, 31, 5, 250]
-    batches = evaluate_mod.length_batches(lengths, max_rows=3, max_tokens=120)
-    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= 3
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 120  # a longer prompt goes alone
-    assert [lengths[batch[0]] for batch in batches] == sorted(lengths[batch[0]] for batch in batches)  # by length
-    assert evaluate_mod.length_batches(lengths, max_rows=3, max_tokens=None) == [
-        [1, 10, 6],
-        [3, 4, 0],
-        [9, 8, 5],
-        [11, 2, 7],
-    ]
-
-
 @pytest.mark.parametrize("max_batch_tokens", [1, 60, None])
 def test_length_batched_replies_come_back_in_order_equal_to_one_row_at_a_time(model, processor, max_batch_tokens):
     model.generation_config.update(do_sample=True, temperature=0.7, top_p=0.9, top_k=None)
     rows = reply_rows()
-    lengths = evaluate_mod.prompt_lengths(model, processor, rows, max_new_tokens=6)
+    lengths = prompt_lengths(model, processor, [row["history"] for row in rows], max_new_tokens=6)
     assert lengths != sorted(lengths) and len(set(lengths)) > 3
-    batches = evaluate_mod.length_batches(lengths, 4, max_batch_tokens)
-    assert [index for batch in batches for index in batch] != list(range(len(rows)))  # the batches reorder the rows
     alone = [evaluate_mod.generate_replies(model, processor, [row], 1, 6, seed=3)[0] for row in rows]
     batched = evaluate_mod.generate_replies(model, processor, rows, 4, 6, seed=3, max_batch_tokens=max_batch_tokens)
     assert batched == alone and len(set(alone)) > 1

@@ -95,6 +95,7 @@ def test_auto_classes_load_saved_code_in_fresh_process(model, processor, tmp_pat
     processor.save_pretrained(saved)
     # The modeling file's relative imports travel with it: the decoder, the meme bank and the inference it runs.
     code_files = ("configuration_mod_gpt", "modeling_mod_gpt", "modeling_cached_openai_gpt", "retrieval_mod_gpt")
+    code_files += ("attention_mod_gpt",)
     for name in (*code_files, "pipeline_mod", "processing_mod"):
         assert (saved / f"{name}.py").exists(), name
     _, outputs = run(model, processor, DIALOGUES)
