@@ -70,10 +70,11 @@ def model_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    return batch_size
+def check_positive_int(name: str, value: Any, or_none: bool = False) -> int | None:
+    """`value` if it is a positive integer (or None, where `or_none`); else a `ValueError` naming `name`."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < 1) and not (or_none and value is None):
+        raise ValueError(f"{name} must be a positive integer{' or None' if or_none else ''}, got {value!r}.")
+    return value
 
 
 class MemeDialoguePipeline(Pipeline):
@@ -106,8 +107,9 @@ class MemeDialoguePipeline(Pipeline):
             or `None` keeps the model's own.
     Call arguments (given to `pipeline(...)` they apply to every call): `candidates` (meme ids to choose among, the
     same list for every dialogue of the call), `num_memes` (memes listed in `top_memes`, default 5), `use_meme`
-    (`None`: the usage head decides; `True`: always attach the best meme; `False`: never), `batch_size`, and any
-    `generate` argument (`max_new_tokens`, `top_k`, `top_p`, `temperature`, ...), passed to `generate` untouched.
+    (`None`: the usage head decides; `True`: always attach the best meme; `False`: never), `batch_size`,
+    `max_prompt_tokens` (see `generate_texts`), and any `generate` argument (`max_new_tokens`, `top_k`, `top_p`,
+    `temperature`, ...), passed to `generate` untouched.
     """
 
     _load_processor = True
@@ -125,7 +127,7 @@ class MemeDialoguePipeline(Pipeline):
     ):
         # `pipeline(...)` passes its `dtype` on ("auto" unless given): the model was already loaded in it.
         dtype = None if dtype in (None, "auto") else model_dtype(dtype)
-        self.batch_size = 1 if batch_size is None else check_batch_size(batch_size)
+        self.batch_size = 1 if batch_size is None else check_positive_int("batch_size", batch_size)
         super().__init__(*args, **kwargs)
         if dtype is not None:  # like `device=`, which moves the model in place
             self.model.to(dtype=dtype)
@@ -187,7 +189,7 @@ class MemeDialoguePipeline(Pipeline):
         the constructor takes them) are candidates of this call only.
         """
         batch, single = self.processor.dialogue_batch(dialogues)
-        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
+        batch_size = self.batch_size if batch_size is None else check_positive_int("batch_size", batch_size)
         bank, images = self.with_memes(memes, self.meme_bank, self.meme_images)
         forward_params = {**self.call_defaults, **kwargs, "meme_bank": bank}
         inputs = [self.preprocess(dialogue, index, bank)["dialogue"] for index, dialogue in enumerate(batch)]
@@ -464,6 +466,7 @@ def generate_texts(
     This needs single-sequence decoding into the in-place cache and a decoder that `decodes_row_groups`; otherwise,
     and when one run holds them all, the prompts run as one padded batch.
     """
+    check_positive_int("max_prompt_tokens", max_prompt_tokens, or_none=True)
     generation_config = generate_kwargs.get("generation_config") or model.generation_config
     max_new_tokens = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
     use_cache = generate_kwargs.get("use_cache", generation_config.use_cache)
@@ -553,8 +556,7 @@ def check_reply_request(
         processor.check_dialogue(dialogue, index, known_memes=bank.ids)
     if candidates is not None:
         bank.check_candidates(candidates, len(dialogues))
-    if num_memes is not None and (isinstance(num_memes, bool) or not isinstance(num_memes, int) or num_memes < 1):
-        raise ValueError(f"num_memes must be a positive integer or None, got {num_memes!r}.")
+    check_positive_int("num_memes", num_memes, or_none=True)
     if use_meme not in (None, True, False):
         raise ValueError(f"use_meme must be True, False or None (the usage head decides), got {use_meme!r}.")
 

@@ -173,3 +173,12 @@ def test_the_decoder_attention_is_switched_back_even_after_an_error(processor, m
     with pytest.raises(RuntimeError, match="interrupted"):
         generate_texts(model, processor, dialogues_by_length(model, processor), max_prompt_tokens=40)
     assert before is None or decoder.config._attn_implementation == before == "sdpa"
+
+
+@pytest.mark.parametrize("max_prompt_tokens", [0, -5, 2.5, True, "512"])
+def test_a_bad_prompt_budget_is_refused_before_encoding(model, processor, generate_calls, max_prompt_tokens):
+    with pytest.raises(
+        ValueError, match=rf"max_prompt_tokens must be a positive integer or None, got {max_prompt_tokens!r}"
+    ):
+        generate_texts(model, processor, DIALOGUES, max_prompt_tokens=max_prompt_tokens)
+    assert generate_calls == []
