@@ -401,7 +401,8 @@ def cache_buffers(model: MODGPTForMemeDialogue, rows: int, length: int) -> list[
     text_config = model.config.text_config
     heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    shape, options = (rows, heads, length, head_dim), {"dtype": model.dtype, "device": model.device}
+    decoder = model.model.language_model
+    shape, options = (rows, heads, length, head_dim), {"dtype": decoder.dtype, "device": decoder.device}
     return [
         (torch.empty(shape, **options), torch.empty(shape, **options)) for _ in range(text_config.num_hidden_layers)
     ]
