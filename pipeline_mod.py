@@ -12,7 +12,6 @@ from typing import Any
 
 import datasets
 import torch
-import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, BatchFeature, Pipeline, PretrainedConfig
@@ -409,42 +408,34 @@ def cache_buffers(model: MODGPTForMemeDialogue, rows: int, length: int) -> list[
 
 
 def joined_prompt(
-    model: MODGPTForMemeDialogue,
-    processor: MODProcessor,
-    dialogues: list[list[dict]],
-    runs: list[tuple[int, int]],
-    max_new_tokens: int,
-    meme_bank: MemeBank | None = None,
+    model: MODGPTForMemeDialogue, prompt: BatchFeature, runs: list[tuple[int, int]], max_new_tokens: int
 ) -> dict[str, Any]:
     """
-    `generate`'s inputs for `dialogues` to decode together though their prompts run apart: each run of rows
-    (`prompt_runs`) is encoded at its own width and, less its last token, run through the decoder into its rows of one
-    cache, right-aligned at the widest run's width. Returns the inputs left-padded to that width, the cache, and the
-    `attention_row_groups` with which attention skips the columns that are another run's padding.
+    `generate`'s inputs for the left-padded `prompt` (`encode_dialogues`) to decode as one batch though its rows run
+    apart: each run of rows (`prompt_runs`), cut to its own longest prompt and less its last token, runs through the
+    decoder into its rows of one cache, right-aligned at the whole batch's width. Returns the prompt's text inputs,
+    that cache, and the `attention_row_groups` with which attention skips the columns that are another run's padding.
     """
-    prompts = [
-        encode_dialogues(model, processor, dialogues[start:end], max_new_tokens, meme_bank, add_generation_prompt=True)
-        for start, end in runs
-    ]
-    width = max(prompt["input_ids"].shape[1] for prompt in prompts)
-    buffers = cache_buffers(model, len(dialogues), width - 1 + max_new_tokens)
+    text = {name: value for name, value in prompt.items() if name != "meme_features"}
+    lengths, width = prompt["attention_mask"].sum(-1).tolist(), prompt["input_ids"].shape[1]
+    memes_before = [0] + (prompt["input_ids"] == model.config.image_token_id).sum(-1).cumsum(0).tolist()
+    buffers = cache_buffers(model, len(lengths), width - 1 + max_new_tokens)
     row_groups = []
-    for (start, end), prompt in zip(runs, prompts):
-        first_key = width - prompt["input_ids"].shape[1]
+    for start, end in runs:
+        first_key = width - max(lengths[start:end])
         rows_cache = Cache(
             layers=[InPlaceLayer.over(k[start:end, :, first_key:], v[start:end, :, first_key:]) for k, v in buffers]
         )
-        text = {name: value[:, :-1] for name, value in prompt.items() if name != "meme_features"}
-        model.model(**text, meme_features=prompt["meme_features"], cache=rows_cache, use_cache=True)
+        rows_text = {name: value[start:end, first_key:-1] for name, value in text.items()}
+        memes = (
+            None
+            if prompt["meme_features"] is None
+            else prompt["meme_features"][memes_before[start] : memes_before[end]]
+        )
+        model.model(**rows_text, meme_features=memes, cache=rows_cache, use_cache=True)
         row_groups.append((start, end, first_key))
-    pad_values = {"input_ids": processor.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
-    inputs = {
-        name: torch.cat([F.pad(prompt[name], (width - prompt[name].shape[1], 0), value=pad) for prompt in prompts])
-        for name, pad in pad_values.items()
-        if name in prompts[0]
-    }
     cache = Cache(layers=[InPlaceLayer.over(keys, values, width - 1) for keys, values in buffers])
-    return {**inputs, "cache": cache, "attention_row_groups": tuple(row_groups)}
+    return {**text, "cache": cache, "attention_row_groups": tuple(row_groups)}
 
 
 @torch.no_grad()
@@ -474,15 +465,14 @@ def generate_texts(
     cache_implementation = generate_kwargs.get("cache_implementation", generation_config.cache_implementation)
     in_place = use_cache and not cache_implementation and "cache" not in generate_kwargs
     single = all(generate_kwargs.get(name, getattr(generation_config, name)) in (None, 1) for name in SINGLE_SEQUENCE)
+    prompt = encode_dialogues(model, processor, dialogues, max_new_tokens, meme_bank, add_generation_prompt=True)
     runs = []
     if max_prompt_tokens and in_place and single and max_new_tokens and decodes_row_groups(model):
-        runs = prompt_runs(prompt_lengths(model, processor, dialogues, max_new_tokens), max_prompt_tokens)
+        runs = prompt_runs(prompt["attention_mask"].sum(-1).tolist(), max_prompt_tokens)
     if len(runs) > 1:
-        prompt = joined_prompt(model, processor, dialogues, runs, max_new_tokens, meme_bank)
         with row_groups_attention(model):
-            generated = model.generate(**prompt, **generate_kwargs)
+            generated = model.generate(**joined_prompt(model, prompt, runs, max_new_tokens), **generate_kwargs)
     else:
-        prompt = encode_dialogues(model, processor, dialogues, max_new_tokens, meme_bank, add_generation_prompt=True)
         if in_place:
             generate_kwargs["cache"] = in_place_cache()
         generated = model.generate(**prompt, **generate_kwargs)
