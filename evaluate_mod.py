@@ -59,6 +59,7 @@ from pipeline_mod import (
     load_mod_gpt,
     load_mod_gpt_config,
     machine_accelerator,
+    max_prompt_length,
     prompt_lengths,
 )
 
@@ -411,6 +412,32 @@ def check_submission_folder(folder: Path) -> None:
         )
 
 
+def check_output_file(path: Path, submission: str | None) -> None:
+    """`--output` must be a file path in an existing folder, not the submission folder, and either new or a results
+    file this script wrote before (a JSON object of splits, each with its `annotated` flag)."""
+    problem = None
+    if submission and path.resolve() == Path(submission).resolve():
+        problem = "is also the --write_submission folder"
+    elif path.is_dir():
+        problem = "is a folder"
+    elif not path.parent.is_dir():
+        problem = f"is in {str(path.parent)!r}, which is not a folder"
+    elif path.exists() and not is_results_file(path):
+        problem = "exists and is not a results file of evaluate_mod.py"
+    if problem:
+        raise ValueError(f"--output {str(path)!r} {problem}: nothing was written. Give a new file path.")
+
+
+def is_results_file(path: Path) -> bool:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(results, dict) and all(
+        isinstance(split, dict) and "annotated" in split for split in results.values()
+    )
+
+
 def is_submission_folder(folder: Path) -> bool:
     """Whether `folder` holds the marker file that `write_submission` leaves in the folders it writes."""
     return (read_marker(folder, SUBMISSION_MARKER) or {}).get("writer") == WRITER
@@ -606,10 +633,13 @@ def check_and_load(args) -> Setup:
         raise ValueError(f"--write_submission: the release has task files for the splits {list(TASK_SPLITS)} only.")
     if args.write_submission:
         check_submission_folder(Path(args.write_submission))
+    if args.output:
+        check_output_file(Path(args.output), args.write_submission)
     config = load_mod_gpt_config(args.model, args.trust_remote_code)
     check_emotions(config, configs["emotion"][splits[0]].features["answer"].names)
     memes = next(iter(configs["memes"].values()))
     model, processor = load_model(args.model, config, memes, args.trust_remote_code)
+    max_prompt_length(model, processor, args.max_new_tokens)  # a ValueError if no prompt fits
     model.to(evaluation_device(args.device), DTYPES[args.dtype])
     return Setup(configs, annotated, model, processor, memes)
 

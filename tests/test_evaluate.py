@@ -417,6 +417,40 @@ def test_rows_that_differ_from_the_card_stop_with_config_split_and_counts(
     assert message.count("config '") == 1  # the other configs and splits agree with the card
 
 
+@pytest.mark.parametrize(
+    "output, problem",
+    [
+        ("same", "is also the --write_submission folder"),
+        ("folder", "is a folder"),
+        ("nowhere/results.json", "which is not a folder"),
+        ("notes.json", "exists and is not a results file of evaluate_mod.py"),
+    ],
+)
+def test_a_bad_output_file_is_refused_before_any_work(
+    sample_dataset, tmp_path, no_model_loading, capsys, output, problem
+):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    argv = ["--model", "unused", "--dataset", str(sample_dataset), "--output", str(tmp_path / output)]
+    argv += ["--write_submission", str(tmp_path / "same")]
+    message = start_up_error(argv, capsys)
+    assert f"--output {str(tmp_path / output)!r} " in message and problem in message
+    assert not (tmp_path / "same").exists() and (tmp_path / "notes.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.slow
+def test_max_new_tokens_that_leave_no_room_for_a_prompt_stop_before_evaluating(
+    trained_model, sample_dataset, tmp_path, capsys
+):
+    argv = ["--model", str(trained_model), "--dataset", str(sample_dataset), "--max_new_tokens", "600"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_mod.main([*argv, "--output", str(tmp_path / "results.json")])
+    stderr = capsys.readouterr().err  # after the weights' loading bar
+    assert exit_info.value.code == 2 and "Traceback" not in stderr
+    assert "evaluate_mod.py: error: max_new_tokens=600 leaves no room for a prompt" in stderr
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_a_missing_model_folder_stops_before_any_work(sample_dataset, tmp_path, no_model_loading, capsys):
     missing = str(tmp_path / "runs" / "mod-gpt")
     message = start_up_error(["--model", missing, "--dataset", str(sample_dataset)], capsys)
