@@ -205,7 +205,7 @@ def test_train_and_evaluate_from_a_qwen2_hub_folder_and_from_a_llama_config(samp
         assert trained.returncode == 0, trained.stderr[-3000:]
         evaluated = run_script(
             "evaluate_mod.py", "--model", str(run), "--dataset", str(sample_dataset), "--max_new_tokens", "4", "--limit", "8",
-            "--output", str(tmp_path / f"{name}.json"),
+            "--output", str(tmp_path / f"{name}_results.json"),
         )  # fmt: skip
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         assert "Table 5" in evaluated.stdout
